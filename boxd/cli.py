@@ -1,0 +1,121 @@
+"""The ``boxd`` command line: argument parsing only; each command calls into its module."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from boxd import __version__
+from boxd.units import parse_duration, parse_size
+
+
+def _arg(parse: Callable[[str], object], what: str) -> Callable[[str], object]:
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{what}: {exc}") from None
+
+    convert.__name__ = what
+    return convert
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "sim",
+        help="run the Box API emulator",
+        description=(
+            "Serve a faithful Box API emulator on one port: /2.0 (API), /api/2.0 (uploads), /oauth2/token. "
+            "Writes DATA_DIR/credentials.json and DATA_DIR/box_config.json once it listens."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8089, help="0 picks a free port (see credentials.json)")
+    p.add_argument("--data-dir", type=Path, default=Path("boxd-sim-data"))
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    size = _arg(parse_size, "size")
+    seconds = _arg(parse_duration, "duration")
+    p.add_argument("--token-ttl", type=seconds, default=3600.0, help="access-token lifetime [3600]")
+    p.add_argument("--part-size", type=size, default=0, help="fixed part size [Box-like policy: 8 MiB]")
+    p.add_argument("--api-calls-per-minute", type=int, default=0, help="per user; 0 = unlimited [0]")
+    p.add_argument("--uploads-per-minute", type=int, default=0, help="per user; 0 = unlimited [0]")
+    p.add_argument("--rate-window", type=seconds, default=60.0, help="the 'minute' of the limits, in seconds [60]")
+    p.add_argument("--rate-burst", type=int, default=1, help="token-bucket capacity of the limits [1]")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="added to every request [0]")
+    p.add_argument("--bandwidth", type=size, default=0, help="bytes/s per connection; 0 = unlimited [0]")
+    p.add_argument("--commit-202", type=int, default=0, help="first N commits of each session answer 202 [0]")
+    p.add_argument("--space-amount", type=size, default=None, help="account quota [10 TiB]")
+    p.add_argument("--max-upload-size", type=size, default=None, help="largest file [5 GiB]")
+    p.add_argument("--session-ttl", type=seconds, default=None, help="upload-session lifetime [7 days]")
+    p.add_argument("--rate-429", type=_arg(_probability, "probability"), default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--rate-5xx", type=_arg(_probability, "probability"), default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--drop-mid-part", type=_arg(_probability, "probability"), default=0.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=_run_sim)
+
+
+def _run_sim(args: argparse.Namespace) -> int:
+    from boxd.sim.config import Knobs
+    from boxd.sim.server import SimOptions, run
+
+    knobs = Knobs(
+        token_ttl=args.token_ttl,
+        part_size=args.part_size,
+        api_calls_per_minute=args.api_calls_per_minute,
+        uploads_per_minute=args.uploads_per_minute,
+        rate_window=args.rate_window,
+        rate_burst=args.rate_burst,
+        latency_ms=args.latency_ms,
+        bandwidth=args.bandwidth,
+        commit_202=args.commit_202,
+        rate_429=args.rate_429,
+        rate_5xx=args.rate_5xx,
+        drop_mid_part=args.drop_mid_part,
+    )
+    overrides = {
+        "space_amount": args.space_amount,
+        "max_upload_size": args.max_upload_size,
+        "session_ttl": args.session_ttl,
+    }
+    try:
+        knobs = knobs.updated({k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        print(f"boxd sim: {exc}", file=sys.stderr)
+        return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("boxd sim: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    run(
+        SimOptions(
+            host=args.host, port=args.port, data_dir=args.data_dir, tls_cert=args.tls_cert, tls_key=args.tls_key
+        ),
+        knobs,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boxd", description="Stream backup jobs into Box.")
+    parser.add_argument("--version", action="version", version=f"boxd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_sim(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

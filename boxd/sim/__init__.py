@@ -1,0 +1,3 @@
+"""boxd.sim: a local emulator of the Box Content API."""
+
+from __future__ import annotations
