@@ -169,7 +169,7 @@ class Account:
         """The id clients see: every user's root is folder ``"0"``."""
         return ROOT_ID if folder.is_root else folder.id
 
-    def folder(self, user: User, folder_id: str, *, param: str | None = None) -> Folder:
+    def folder(self, user: User, folder_id: str, *, param: str | None = None, code: str = "not_found") -> Folder:
         """The folder ``folder_id`` as ``user`` sees it; 404 when missing or not theirs."""
         fid = self.roots[user.id] if folder_id == ROOT_ID else folder_id
         folder = self.folders.get(fid)
@@ -177,7 +177,7 @@ class Account:
             if param is not None:
                 raise param_error(
                     404,
-                    "not_found",
+                    code,
                     "invalid_parameter",
                     param,
                     f"Invalid value 'd_{folder_id}'. '{param}' with value 'd_{folder_id}' not found",

@@ -13,6 +13,7 @@ Content lives in memory and under ``DATA/blobs``; a restart starts with an empty
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,6 +22,7 @@ import signal
 import socket
 import ssl
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,15 +100,25 @@ def _ssl_context(options: SimOptions) -> ssl.SSLContext | None:
     return ctx
 
 
-async def serve(options: SimOptions, knobs: Knobs) -> None:
-    """Serve until SIGTERM or SIGINT."""
+@contextlib.asynccontextmanager
+async def running(options: SimOptions, knobs: Knobs) -> AsyncIterator[tuple[SimState, str]]:
+    """Serve the emulator while the ``async with`` block runs.
+
+    Yields ``(state, base_url)`` once the socket is bound and ``credentials.json`` written;
+    ``state`` is the live emulator (its knobs may be changed in place). ``options.port`` 0
+    picks a free port, visible in ``base_url``. The server stops when the block ends.
+    """
     state = build_state(options, knobs)
     tls = _ssl_context(options)
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((options.host, options.port))
-    sock.listen(256)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((options.host, options.port))
+        sock.listen(256)
+    except BaseException:
+        sock.close()
+        raise
     port = sock.getsockname()[1]
     host = "127.0.0.1" if options.host in ("0.0.0.0", "") else options.host
     host = f"[{host}]" if ":" in host else host
@@ -115,20 +127,29 @@ async def serve(options: SimOptions, knobs: Knobs) -> None:
 
     runner = web.AppRunner(create_app(state), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.SockSite(runner, sock, ssl_context=tls)
-    await site.start()
     try:
+        site = web.SockSite(runner, sock, ssl_context=tls)
+        await site.start()
         write_json_atomic(options.data_dir / "credentials.json", credentials(state, base))
-        print(
-            f"boxd sim: serving Box at {base} (data in {options.data_dir}, "
-            f"credentials in {options.data_dir / 'credentials.json'})",
-            flush=True,
-        )
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                break
+        yield state, base
     finally:
         await runner.cleanup()
+        sock.close()
+
+
+async def serve(options: SimOptions, knobs: Knobs) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    try:
+        async with running(options, knobs) as (_, base):
+            print(
+                f"boxd sim: serving Box at {base} (data in {options.data_dir}, "
+                f"credentials in {options.data_dir / 'credentials.json'})",
+                flush=True,
+            )
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+    finally:
         sys.stdout.flush()
 
 

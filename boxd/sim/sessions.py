@@ -100,7 +100,7 @@ async def create_session(request: web.Request) -> web.Response:
     if "file_name" not in body:
         raise BoxApiError(400, "missing_file_name", "Missing file_name")
     name = check_name(body["file_name"], "file_name")
-    folder = state.account.folder(u, body["folder_id"])
+    folder = state.account.folder(u, body["folder_id"], param="folder_id", code="invalid_parameter")
     check_quota(state, u, size)
     if (existing := state.account.conflict(folder, name)) is not None:
         raise state.account.name_in_use(existing)

@@ -77,7 +77,14 @@ class SimState:
         return self.data_dir / "sessions"
 
     @classmethod
-    def create(cls, data_dir: Path, knobs: Knobs, box_config: dict[str, Any], verifier: JwtVerifier) -> SimState:
+    def create(
+        cls,
+        data_dir: Path,
+        knobs: Knobs,
+        box_config: dict[str, Any],
+        verifier: JwtVerifier,
+        clock: Callable[[], float] = time.time,
+    ) -> SimState:
         settings = box_config["boxAppSettings"]
         account = Account(enterprise_id=str(box_config["enterpriseID"]))
         user = account.add_user(
@@ -104,7 +111,7 @@ class SimState:
         )
         sim: SimState
         authority = TokenAuthority(
-            settings["clientID"], settings["clientSecret"], token_ttl=lambda: sim.knobs.token_ttl, clock=time.time
+            settings["clientID"], settings["clientSecret"], token_ttl=lambda: sim.knobs.token_ttl, clock=clock
         )
         sim = cls(
             data_dir=data_dir,
@@ -117,6 +124,7 @@ class SimState:
             user=user,
             service_account=service,
             member=member,
+            clock=clock,
         )
         return sim
 
