@@ -50,6 +50,13 @@ def check_sha1_header(request: web.Request, sha1: str) -> None:
 
 async def _multipart(request: web.Request) -> tuple[dict[str, Any], BodyPartReader]:
     """The ``attributes`` JSON and the reader positioned on the ``file`` part."""
+    try:
+        return await _parse_multipart(request)
+    except ValueError as exc:  # aiohttp's multipart reader reports malformed framing as ValueError
+        raise BoxApiError(400, "bad_request", f"Malformed multipart body: {exc}") from None
+
+
+async def _parse_multipart(request: web.Request) -> tuple[dict[str, Any], BodyPartReader]:
     if not request.content_type.startswith("multipart/"):
         raise BoxApiError(400, "bad_request", "Expected multipart/form-data with 'attributes' and 'file'")
     reader = await request.multipart()
@@ -83,7 +90,10 @@ async def _receive_version(request: web.Request, file_part: BodyPartReader, attr
     def counted(n: int) -> None:
         state.stats.bytes_received += n
 
-    size, sha1 = await receive(file_part.read_chunk, blob, bandwidth=state.knobs.bandwidth, on_bytes=counted)
+    try:
+        size, sha1 = await receive(file_part.read_chunk, blob, bandwidth=state.knobs.bandwidth, on_bytes=counted)
+    except ValueError as exc:
+        raise BoxApiError(400, "bad_request", f"Malformed multipart body: {exc}") from None
     now = state.clock()
     return Version(
         id=vid,

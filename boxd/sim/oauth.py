@@ -29,7 +29,10 @@ def _subject(state: SimState, sub_type: str | None, sub: str | None) -> User | N
 async def token(request: web.Request) -> web.Response:
     state = sim(request)
     try:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError:  # malformed form or multipart framing
+            raise OAuthError("invalid_request", "Malformed request body") from None
         grant = form.get("grant_type")
         client_id = form.get("client_id")
         client_secret = form.get("client_secret")

@@ -28,6 +28,10 @@ class Throttle:
         self.start = time.monotonic()
         self.sent = 0
 
+    def chunk_size(self) -> int:
+        """Smaller chunks when throttled, so pacing is smooth rather than a burst then a pause."""
+        return CHUNK if not self.rate else max(16 * 1024, min(CHUNK, self.rate // 10))
+
     async def account(self, nbytes: int) -> None:
         if not self.rate:
             return
@@ -61,7 +65,7 @@ async def receive(
     fh = await anyio.to_thread.run_sync(dest.open, "wb")
     try:
         while limit is None or size < limit:
-            want = CHUNK if limit is None else min(CHUNK, limit - size)
+            want = throttle.chunk_size() if limit is None else min(throttle.chunk_size(), limit - size)
             buf = await chunks(want)
             if not buf:
                 break
@@ -83,9 +87,10 @@ async def iter_file(path: Path, bandwidth: int = 0) -> AsyncIterator[bytes]:
     throttle = Throttle(bandwidth)
     fh = await anyio.to_thread.run_sync(path.open, "rb")
     try:
-        while chunk := await anyio.to_thread.run_sync(fh.read, CHUNK):
-            yield chunk
+        while chunk := await anyio.to_thread.run_sync(fh.read, throttle.chunk_size()):
+            # Pace before handing the chunk over: the client has the body once the last one is sent.
             await throttle.account(len(chunk))
+            yield chunk
     finally:
         await anyio.to_thread.run_sync(fh.close)
 

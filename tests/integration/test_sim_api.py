@@ -523,3 +523,75 @@ async def test_unknown_routes_and_methods_answer_in_box_shape(box: Box) -> None:
     assert (r.status, error_code(r)) == (405, "method_not_allowed")
     stats = (await box.call("GET", "/_sim/stats", auth=False)).body
     assert stats["requests"]["GET <unmatched>"] == {"404": 1}
+
+
+async def test_a_jwt_assertion_from_box_config_gets_a_service_account_token(box: Box) -> None:
+    import time
+    import uuid
+
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    settings = box.state.box_config["boxAppSettings"]
+    auth = settings["appAuth"]
+    key = load_pem_private_key(auth["privateKey"].encode(), auth["passphrase"].encode())
+    claims = {
+        "iss": settings["clientID"],
+        "sub": box.state.account.enterprise_id,
+        "box_sub_type": "enterprise",
+        "aud": "https://api.box.com/oauth2/token",
+        "jti": str(uuid.uuid4()),
+        "exp": int(time.time()) + 30,
+    }
+    box.state.jwt._clock = time.time  # the verifier checks exp against real time here
+    assertion = pyjwt.encode(claims, key, algorithm="RS512", headers={"kid": auth["publicKeyID"]})  # type: ignore[arg-type]
+    form = {
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "assertion": assertion,
+        "client_id": settings["clientID"],
+        "client_secret": settings["clientSecret"],
+    }
+    r = await box.call("POST", "/oauth2/token", data=form, auth=False)
+    assert r.status == 200 and "refresh_token" not in r.body
+    box.token = r.body["access_token"]
+    assert (await box.call("GET", "/2.0/users/me")).body["id"] == box.state.service_account.id
+    replay = await box.call("POST", "/oauth2/token", data=form, auth=False)
+    assert replay.body == {"error": "invalid_grant", "error_description": "Please check the 'jti' claim."}
+    wrong_sub = {**claims, "sub": "999", "jti": str(uuid.uuid4())}
+    form["assertion"] = pyjwt.encode(wrong_sub, key, algorithm="RS256", headers={"kid": auth["publicKeyID"]})  # type: ignore[arg-type]
+    r = await box.call("POST", "/oauth2/token", data=form, auth=False)
+    assert r.body["error_description"].startswith("Please check the 'sub' claim")
+    assert box.state.stats.token_grants["jwt"] == 1
+
+
+async def test_admin_tokens_are_fresh_rclone_blobs(box: Box) -> None:
+    blob = (await box.call("POST", "/_sim/tokens", auth=False)).body
+    assert set(blob) >= {"access_token", "token_type", "refresh_token", "expiry"}
+    from datetime import datetime
+
+    assert datetime.fromisoformat(blob["expiry"]).tzinfo is not None
+    box.token = blob["access_token"]
+    assert (await box.call("GET", "/2.0/users/me")).status == 200
+
+
+async def test_the_latency_knob_delays_every_request(box: Box) -> None:
+    import time
+
+    await box.call("POST", "/_sim/faults", json_body={"latency_ms": 200}, auth=False)
+    start = time.monotonic()
+    assert (await box.call("GET", "/2.0/users/me")).status == 200
+    assert time.monotonic() - start >= 0.2  # a lower bound only: the knob cannot make a call faster
+
+
+async def test_the_bandwidth_knob_paces_uploads_and_downloads(box: Box) -> None:
+    import time
+
+    content = os.urandom(1024 * 1024)
+    fid = (await box.upload("slow.bin", content)).body["entries"][0]["id"]
+    await box.call("POST", "/_sim/faults", json_body={"bandwidth": 4 * 1024 * 1024}, auth=False)
+    start = time.monotonic()
+    assert (await box.call("GET", f"/2.0/files/{fid}/content")).raw == content
+    assert time.monotonic() - start >= 0.24  # 1 MiB at 4 MiB/s: lower bound only
+    start = time.monotonic()
+    assert (await box.upload("slow2.bin", content)).status == 201
+    assert time.monotonic() - start >= 0.24
