@@ -103,11 +103,22 @@ def _run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from boxd import demo
+
+    p = sub.add_parser(
+        "demo", help="emulator + sample backup + live upload + verified result", description=demo.DESCRIPTION
+    )
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxd", description="Stream backup jobs into Box.")
     parser.add_argument("--version", action="version", version=f"boxd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_sim(sub)
+    _add_demo(sub)
     return parser
 
 

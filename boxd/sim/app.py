@@ -102,10 +102,11 @@ async def box_pipeline(request: web.Request, handler: Handler) -> web.StreamResp
         response = await handler(request)
         status = response.status
     except sessions.DroppedConnection:
+        # The fault wants the client to see a connection reset mid-body, not an answer.
         status = 0
         if request.transport is not None:
             request.transport.abort()
-        raise
+        return web.Response(status=500)
     except web.HTTPException as exc:  # unknown route or method: answer in Box's shape
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
         response = _box_error(BoxApiError(exc.status, code), request_id)

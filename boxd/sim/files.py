@@ -63,11 +63,13 @@ async def _parse_multipart(request: web.Request) -> tuple[dict[str, Any], BodyPa
     part = await reader.next()
     if not isinstance(part, BodyPartReader):
         raise missing("attributes")
-    if part.name == "file":
-        raise BoxApiError(
-            400, "metadata_after_file_contents", "Metadata (attributes) must be sent before the file contents"
-        )
     if part.name != "attributes":
+        # Box takes the file under any part name (rclone sends "contents", the SDKs "file"),
+        # but only after the attributes.
+        if part.filename is not None or part.name in ("file", "contents"):
+            raise BoxApiError(
+                400, "metadata_after_file_contents", "Metadata (attributes) must be sent before the file contents"
+            )
         raise missing("attributes")
     try:
         attrs = json.loads(await part.text())
@@ -76,7 +78,7 @@ async def _parse_multipart(request: web.Request) -> tuple[dict[str, Any], BodyPa
     if not isinstance(attrs, dict):
         raise invalid("attributes", "not an object")
     file_part = await reader.next()
-    if not isinstance(file_part, BodyPartReader) or file_part.name != "file":
+    if not isinstance(file_part, BodyPartReader):
         raise missing("file")
     return attrs, file_part
 

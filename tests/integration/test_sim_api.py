@@ -595,3 +595,17 @@ async def test_the_bandwidth_knob_paces_uploads_and_downloads(box: Box) -> None:
     start = time.monotonic()
     assert (await box.upload("slow2.bin", content)).status == 201
     assert time.monotonic() - start >= 0.24
+
+
+async def test_the_file_part_may_have_any_name_after_the_attributes(box: Box) -> None:
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("attributes", '{"name": "r.bin", "parent": {"id": "0"}}')
+    form.add_field("contents", b"from rclone", filename="r.bin")  # rclone's part name
+    r = await box.call("POST", "/api/2.0/files/content", data=form)
+    assert r.status == 201 and r.body["entries"][0]["size"] == len(b"from rclone")
+    form = aiohttp.FormData()
+    form.add_field("attributes", '{"name": "only-attrs", "parent": {"id": "0"}}')
+    r = await box.call("POST", "/api/2.0/files/content", data=form)
+    assert (r.status, error_code(r)) == (400, "bad_request")
