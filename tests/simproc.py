@@ -65,6 +65,40 @@ def _insecure_ctx() -> Any:
 
 
 @contextlib.contextmanager
+def running_server(
+    cmd: list[str], data_dir: Path, *, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
+    """Run ``cmd``, a server that writes ``data_dir/credentials.json`` once it listens; stop it after.
+
+    Yields the process and the decoded credentials; its output goes to ``data_dir/server.log``.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    creds_path = data_dir / "credentials.json"
+    creds_path.unlink(missing_ok=True)
+    log_path = data_dir / "server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.monotonic() + timeout
+        while not creds_path.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd} exited with {proc.returncode}: {log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{cmd} did not start within {timeout}s")
+            time.sleep(0.05)
+        yield proc, json.loads(creds_path.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
 def running_sim(
     data_dir: Path,
     *flags: str,
@@ -78,9 +112,6 @@ def running_sim(
 
     ``prefix`` runs the emulator under another command (e.g. ``box-netns exec --``).
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    creds_path = data_dir / "credentials.json"
-    creds_path.unlink(missing_ok=True)
     cmd = [
         *(prefix or []),
         sys.executable,
@@ -95,25 +126,6 @@ def running_sim(
         str(data_dir),
         *flags,
     ]
-    log = open(data_dir / "sim.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    try:
-        deadline = time.monotonic() + timeout
-        while not creds_path.exists():
-            if proc.poll() is not None:
-                raise RuntimeError(f"boxd sim exited with {proc.returncode}: {(data_dir / 'sim.log').read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"boxd sim did not start within {timeout}s")
-            time.sleep(0.05)
-        creds = json.loads(creds_path.read_text())
+    with running_server(cmd, data_dir, env=env, timeout=timeout) as (proc, creds):
         base = creds["api_url"].removesuffix("/2.0")
         yield Sim(base=base, data_dir=data_dir, credentials=creds, process=proc)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()

@@ -1,0 +1,3 @@
+"""Benchmarks (``make bench``); results in ``tests/bench/results.json`` and ``BENCHMARKS.md``."""
+
+from __future__ import annotations
