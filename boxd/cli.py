@@ -65,7 +65,7 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run_sim(args: argparse.Namespace) -> int:
     from boxd.sim.config import Knobs
-    from boxd.sim.server import SimOptions, run
+    from boxd.sim.server import SimOptions, SimStartError, run
 
     knobs = Knobs(
         token_ttl=args.token_ttl,
@@ -94,12 +94,14 @@ def _run_sim(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("boxd sim: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    run(
-        SimOptions(
-            host=args.host, port=args.port, data_dir=args.data_dir, tls_cert=args.tls_cert, tls_key=args.tls_key
-        ),
-        knobs,
+    options = SimOptions(
+        host=args.host, port=args.port, data_dir=args.data_dir, tls_cert=args.tls_cert, tls_key=args.tls_key
     )
+    try:
+        run(options, knobs)
+    except SimStartError as exc:
+        print(f"boxd sim: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,6 +6,7 @@ inject faults (DESIGN §3.5).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -87,8 +88,6 @@ async def get_stats(request: web.Request) -> web.Response:
 
 
 async def get_faults(request: web.Request) -> web.Response:
-    import dataclasses
-
     return web.json_response(dataclasses.asdict(sim(request).knobs))
 
 

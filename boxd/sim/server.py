@@ -92,11 +92,18 @@ def credentials(state: SimState, base: str) -> dict[str, Any]:
     }
 
 
+class SimStartError(Exception):
+    """The emulator cannot start (address in use, unreadable certificate, ...); the message says why."""
+
+
 def _ssl_context(options: SimOptions) -> ssl.SSLContext | None:
     if options.tls_cert is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(options.tls_cert), str(options.tls_key or options.tls_cert))
+    try:
+        ctx.load_cert_chain(str(options.tls_cert), str(options.tls_key or options.tls_cert))
+    except OSError as exc:  # ssl.SSLError and FileNotFoundError alike
+        raise SimStartError(f"cannot load --tls-cert {options.tls_cert} / --tls-key {options.tls_key}: {exc}") from None
     return ctx
 
 
@@ -116,6 +123,9 @@ async def running(options: SimOptions, knobs: Knobs) -> AsyncIterator[tuple[SimS
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((options.host, options.port))
         sock.listen(256)
+    except OSError as exc:
+        sock.close()
+        raise SimStartError(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}") from None
     except BaseException:
         sock.close()
         raise

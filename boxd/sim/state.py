@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 import time
@@ -64,7 +65,7 @@ class SimState:
     limiter: RateLimiter = field(default_factory=RateLimiter)
     stats: Stats = field(default_factory=Stats)
 
-    @property
+    @functools.cached_property
     def views(self) -> Views:
         return Views(self.account)
 

@@ -108,3 +108,38 @@ def test_sim_refuses_bad_flags_with_a_clear_message(tmp_path: Path, args: list[s
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sim_says_clearly_when_its_port_is_taken_or_its_certificate_unreadable(tmp_path: Path) -> None:
+    with running_sim(tmp_path / "first") as first:
+        port = first.base.rsplit(":", 1)[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "boxd", "sim", "--port", port, "--data-dir", str(tmp_path / "second")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    missing = tmp_path / "missing.pem"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "boxd",
+            "sim",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "third"),
+            "--tls-cert",
+            str(missing),
+            "--tls-key",
+            str(missing),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "cannot load --tls-cert" in proc.stderr and "Traceback" not in proc.stderr
