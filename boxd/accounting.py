@@ -1,0 +1,79 @@
+"""One accounting object that every Box request and upload reports to.
+
+Upload and client code call these methods; :mod:`boxd.metrics` (the only importer of
+prometheus_client) reads :class:`Stats` when Prometheus scrapes. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    """Counters and gauges of one process; thread-safe, cheap to update."""
+
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (op, status) -> count
+    request_seconds: dict[str, list[float]] = field(default_factory=dict)  # op -> durations (bounded)
+    retries: Counter[str] = field(default_factory=Counter)  # reason -> count
+    rate_limited: int = 0
+    token_refreshes: Counter[str] = field(default_factory=Counter)  # result -> count
+    token_expiry: float | None = None
+    auth_ok: bool = True
+    parts_in_flight: int = 0
+    buffered_bytes: int = 0
+    peak_buffered_bytes: int = 0
+    uploaded_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    #: Durations kept per operation for the histogram's collector; older ones are folded away.
+    MAX_SAMPLES = 10_000
+
+    def request(self, op: str, status: int | str, seconds: float) -> None:
+        """A finished request: ``status`` is the HTTP status or ``"error"`` for a network failure."""
+        with self._lock:
+            self.requests[(op, str(status))] += 1
+            samples = self.request_seconds.setdefault(op, [])
+            if len(samples) < self.MAX_SAMPLES:
+                samples.append(seconds)
+
+    def retry(self, reason: str) -> None:
+        with self._lock:
+            self.retries[reason] += 1
+
+    def rate_limit_hit(self) -> None:
+        with self._lock:
+            self.rate_limited += 1
+
+    def token_refresh(self, result: str, expires_at: float | None = None) -> None:
+        """``result`` is ``ok``, ``error`` or ``invalid_grant``."""
+        with self._lock:
+            self.token_refreshes[result] += 1
+            if expires_at is not None:
+                self.token_expiry = expires_at
+
+    def set_auth_ok(self, ok: bool) -> None:
+        self.auth_ok = ok
+
+    def part_started(self, nbytes: int) -> None:
+        with self._lock:
+            self.parts_in_flight += 1
+
+    def part_finished(self, nbytes: int, uploaded: bool) -> None:
+        with self._lock:
+            self.parts_in_flight -= 1
+            if uploaded:
+                self.uploaded_bytes += nbytes
+
+    def file_uploaded(self, nbytes: int) -> None:
+        """A simple (one-request) upload of ``nbytes`` succeeded."""
+        with self._lock:
+            self.uploaded_bytes += nbytes
+
+    def buffer(self, delta: int) -> None:
+        """Part bytes held in memory grew (or shrank, negative) by ``delta``."""
+        with self._lock:
+            self.buffered_bytes += delta
+            self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
