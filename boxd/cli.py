@@ -54,6 +54,7 @@ def _add_sim(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--latency-ms", type=float, default=0.0, help="added to every request [0]")
     p.add_argument("--bandwidth", type=size, default=0, help="bytes/s per connection; 0 = unlimited [0]")
     p.add_argument("--commit-202", type=int, default=0, help="first N commits of each session answer 202 [0]")
+    p.add_argument("--commit-mismatch", type=int, default=0, help="first N commits answer parts_mismatch [0]")
     p.add_argument("--space-amount", type=size, default=None, help="account quota [10 TiB]")
     p.add_argument("--max-upload-size", type=size, default=None, help="largest file [5 GiB]")
     p.add_argument("--session-ttl", type=seconds, default=None, help="upload-session lifetime [7 days]")
@@ -77,6 +78,7 @@ def _run_sim(args: argparse.Namespace) -> int:
         latency_ms=args.latency_ms,
         bandwidth=args.bandwidth,
         commit_202=args.commit_202,
+        commit_mismatch=args.commit_mismatch,
         rate_429=args.rate_429,
         rate_5xx=args.rate_5xx,
         drop_mid_part=args.drop_mid_part,

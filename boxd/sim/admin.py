@@ -87,6 +87,11 @@ async def get_stats(request: web.Request) -> web.Response:
     return web.json_response(sim(request).stats.as_json())
 
 
+async def get_log(request: web.Request) -> web.Response:
+    """The latest Box requests (not admin ones): ``t`` (epoch seconds at arrival), route, status, user."""
+    return web.json_response({"requests": list(sim(request).stats.log)})
+
+
 async def get_faults(request: web.Request) -> web.Response:
     return web.json_response(dataclasses.asdict(sim(request).knobs))
 
@@ -124,6 +129,7 @@ async def revoke(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/_sim/state", get_state)
     app.router.add_get("/_sim/stats", get_stats)
+    app.router.add_get("/_sim/log", get_log)
     app.router.add_get("/_sim/faults", get_faults)
     app.router.add_post("/_sim/faults", set_faults)
     app.router.add_delete("/_sim/faults", reset_faults)

@@ -8,6 +8,7 @@ handler; and it turns every error into Box's JSON shape, so a client never sees 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -92,6 +93,7 @@ async def box_pipeline(request: web.Request, handler: Handler) -> web.StreamResp
     state = request.app[STATE]
     key = route_key(request)
     request_id = state.request_id()
+    started = time.time()  # wall clock, comparable across processes
     status = 500
     try:
         if state.knobs.latency_ms:
@@ -130,6 +132,11 @@ async def box_pipeline(request: web.Request, handler: Handler) -> web.StreamResp
         response = _box_error(BoxApiError(500, "internal_server_error"), request_id)
     finally:
         state.stats.requests[key][str(status)] += 1
+        if not request.path.startswith("/_sim/"):
+            user = request.get(USER)
+            state.stats.log.append(
+                {"t": started, "route": key, "status": status, "user": user.id if user is not None else None}
+            )
     response.headers["box-request-id"] = request_id
     return response
 

@@ -34,6 +34,8 @@ class Knobs:
     latency_ms: float = 0.0
     bandwidth: int = 0
     commit_202: int = 0
+    #: First N commits of each session answer 400 parts_mismatch (Box does, right after the last part).
+    commit_mismatch: int = 0
     space_amount: int = 10 * 1024 * GIB
     max_upload_size: int = 5 * GIB
     session_ttl: float = SESSION_TTL

@@ -106,6 +106,7 @@ class Session:
     parts: dict[int, Part] = field(default_factory=dict)  # by offset
     state: str = "open"  # open | committed | aborted | expired
     commits_seen: int = 0
+    mismatches_sent: int = 0
     committing: bool = False
 
     @property

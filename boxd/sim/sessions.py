@@ -275,6 +275,10 @@ async def commit(request: web.Request) -> web.Response:
         s.commits_seen += 1
         return web.Response(status=202, headers={"Retry-After": "1"})
     _check_parts(s, body.get("parts"))
+    if s.mismatches_sent < state.knobs.commit_mismatch:
+        s.mismatches_sent += 1
+        first = s.parts[min(s.parts)]
+        raise BoxApiError(400, "parts_mismatch", f"No matching part found on server for {first.as_json()}")
     attrs = body.get("attributes") or {}
     if not isinstance(attrs, dict):
         raise BoxApiError(400, "bad_request", "'attributes' must be an object")

@@ -6,7 +6,7 @@ import functools
 import random
 import secrets
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,8 @@ from boxd.sim.model import Account, User
 from boxd.sim.ratelimit import RateLimiter
 from boxd.sim.views import Views
 
+LOG_SIZE = 20_000
+
 
 @dataclass
 class Stats:
@@ -32,6 +34,8 @@ class Stats:
     rate_limited: int = 0
     unauthorized: int = 0
     bytes_received: int = 0
+    #: The latest requests, oldest first: what tests check pacing and pauses against.
+    log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
     token_grants: dict[str, int] = field(
         default_factory=lambda: {"refresh_token": 0, "jwt": 0, "client_credentials": 0}
     )

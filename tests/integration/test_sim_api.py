@@ -609,3 +609,24 @@ async def test_the_file_part_may_have_any_name_after_the_attributes(box: Box) ->
     form.add_field("attributes", '{"name": "only-attrs", "parent": {"id": "0"}}')
     r = await box.call("POST", "/api/2.0/files/content", data=form)
     assert (r.status, error_code(r)) == (400, "bad_request")
+
+
+async def test_commit_mismatch_answers_parts_mismatch_first_as_configured(box: Box) -> None:
+    await box.call("POST", "/_sim/faults", json_body={"commit_mismatch": 1}, auth=False)
+    s = await box.session("a.bin", len(BIG))
+    parts = [(await box.put_part(s, BIG[o : o + PART], o, len(BIG))).body["part"] for o in range(0, len(BIG), PART)]
+    r = await box.commit(s, parts, BIG)
+    assert (r.status, error_code(r)) == (400, "parts_mismatch")
+    assert (await box.commit(s, parts, BIG)).status == 201
+
+
+async def test_the_request_log_records_box_calls_in_order(box: Box) -> None:
+    await box.call("GET", "/2.0/users/me")
+    await box.call("GET", "/2.0/folders/0/items", auth=False)
+    log = (await box.call("GET", "/_sim/log", auth=False)).body["requests"]
+    assert [(e["route"], e["status"]) for e in log] == [
+        ("GET /2.0/users/me", 200),
+        ("GET /2.0/folders/{folder_id}/items", 401),
+    ]
+    assert log[0]["user"] == box.state.user.id and log[1]["user"] is None
+    assert log[0]["t"] <= log[1]["t"]
