@@ -9,6 +9,7 @@
      ├── PermanentError           fail this file or job with the message
      │    ├── BoxRequestError     Box refused the request (4xx); status, code, request_id
      │    │    └── NameConflictError   409 item_name_in_use; ``conflict`` holds the existing item
+     │    ├── InvalidNameError    a name Box would refuse; caught before anything is sent
      │    ├── FileChangedError    the local file changed while it was being uploaded
      │    └── LimitExceededError  the file exceeds max_upload_size or the space left
      └── ProtocolError            Box answered something we cannot understand
@@ -115,6 +116,10 @@ class NameConflictError(BoxRequestError):
         if isinstance(conflicts, list):
             conflicts = conflicts[0] if conflicts else None
         return conflicts if isinstance(conflicts, dict) else None
+
+
+class InvalidNameError(PermanentError):
+    """Box does not accept this file or folder name."""
 
 
 class FileChangedError(PermanentError):
