@@ -10,13 +10,29 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
+#: Upper bounds (seconds) of the request-duration buckets: from a folder listing to a 64 MiB part.
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-ready bucket counts of one operation's durations."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))  # last: above every bound
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(BUCKETS) if seconds <= bound), len(BUCKETS))
+        self.counts[index] += 1
+        self.total += seconds
+
 
 @dataclass
 class Stats:
     """Counters and gauges of one process; thread-safe, cheap to update."""
 
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (op, status) -> count
-    request_seconds: dict[str, list[float]] = field(default_factory=dict)  # op -> durations (bounded)
+    latency: dict[str, Histogram] = field(default_factory=dict)  # op -> request durations
     retries: Counter[str] = field(default_factory=Counter)  # reason -> count
     rate_limited: int = 0
     token_refreshes: Counter[str] = field(default_factory=Counter)  # result -> count
@@ -28,16 +44,14 @@ class Stats:
     uploaded_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    #: Durations kept per operation for the histogram's collector; older ones are folded away.
-    MAX_SAMPLES = 10_000
+    jobs_finished: Counter[str] = field(default_factory=Counter)  # outcome -> count
+    files_finished: Counter[str] = field(default_factory=Counter)  # outcome -> count
 
     def request(self, op: str, status: int | str, seconds: float) -> None:
         """A finished request: ``status`` is the HTTP status or ``"error"`` for a network failure."""
         with self._lock:
             self.requests[(op, str(status))] += 1
-            samples = self.request_seconds.setdefault(op, [])
-            if len(samples) < self.MAX_SAMPLES:
-                samples.append(seconds)
+            self.latency.setdefault(op, Histogram()).observe(seconds)
 
     def retry(self, reason: str) -> None:
         with self._lock:
@@ -71,6 +85,16 @@ class Stats:
         """A simple (one-request) upload of ``nbytes`` succeeded."""
         with self._lock:
             self.uploaded_bytes += nbytes
+
+    def job_finished(self, outcome: str) -> None:
+        """``outcome``: succeeded, failed or cancelled."""
+        with self._lock:
+            self.jobs_finished[outcome] += 1
+
+    def file_finished(self, outcome: str) -> None:
+        """``outcome``: uploaded, skipped, trashed, failed or cancelled."""
+        with self._lock:
+            self.files_finished[outcome] += 1
 
     def buffer(self, delta: int) -> None:
         """Part bytes held in memory grew (or shrank, negative) by ``delta``."""
