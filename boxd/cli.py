@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from boxd import __version__
+from boxd.errors import BoxdError, ConfigError
+from boxd.settings import Settings, load_settings
 from boxd.units import parse_duration, parse_size
 
 
@@ -117,10 +119,79 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=demo.run)
 
 
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="configuration file [BOXD_CONFIG or /etc/boxd/boxd.toml]")
+
+
+def _load(args: argparse.Namespace) -> Settings | None:
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        print(f"boxd: {exc}", file=sys.stderr)
+        return None
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help='test the connection to Box (Pluton\'s "Test Connection")',
+        description="Authenticate, read /users/me and the root folder; exit 0 only if all is well.",
+    )
+    _config_arg(p)
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import anyio
+
+    from boxd import account
+
+    settings = _load(args)
+    if settings is None:
+        return 2
+    try:
+        report = anyio.run(account.check, settings)
+    except BoxdError as exc:
+        print(f"boxd check: failed: {exc}", file=sys.stderr)
+        return 1
+    account.print_check(report)
+    return 0
+
+
+def _add_token(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("token", help="manage the stored Box token")
+    actions = p.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    imp = actions.add_parser(
+        "import",
+        help='store the JSON blob printed by `rclone authorize "box"`',
+        description="Validate the token blob and store it in state_dir/token.json (0600).",
+    )
+    imp.add_argument("source", nargs="?", default="-", help="file holding the blob, or - for stdin [-]")
+    _config_arg(imp)
+    imp.set_defaults(func=_run_token_import)
+
+
+def _run_token_import(args: argparse.Namespace) -> int:
+    from boxd import account
+
+    settings = _load(args)
+    if settings is None:
+        return 2
+    try:
+        path = account.import_token(settings, args.source)
+    except BoxdError as exc:
+        print(f"boxd token import: {exc}", file=sys.stderr)
+        return 1
+    print(f"stored the token in {path}; a running daemon picks it up within seconds (or at once on SIGHUP)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxd", description="Stream backup jobs into Box.")
     parser.add_argument("--version", action="version", version=f"boxd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_check(sub)
+    _add_token(sub)
     _add_sim(sub)
     _add_demo(sub)
     return parser
