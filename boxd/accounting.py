@@ -44,6 +44,7 @@ class Stats:
     uploaded_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    last_network_error: str | None = None  # op of the latest request that got no answer; None after any answer
     jobs_finished: Counter[str] = field(default_factory=Counter)  # outcome -> count
     files_finished: Counter[str] = field(default_factory=Counter)  # outcome -> count
 
@@ -51,7 +52,12 @@ class Stats:
         """A finished request: ``status`` is the HTTP status or ``"error"`` for a network failure."""
         with self._lock:
             self.requests[(op, str(status))] += 1
+            self.last_network_error = op if status == "error" else None
             self.latency.setdefault(op, Histogram()).observe(seconds)
+
+    def box_reachable(self) -> str:
+        """``ok``, or why Box looks unreachable (for ``/readyz``)."""
+        return "ok" if self.last_network_error is None else f"no answer from Box ({self.last_network_error})"
 
     def retry(self, reason: str) -> None:
         with self._lock:

@@ -7,8 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from boxd import __version__
+from boxd import __version__, client
 from boxd.errors import BoxdError, ConfigError
+from boxd.jobs.models import PRIORITY_MAX, PRIORITY_MIN, JobState, Mode, OnConflict
 from boxd.settings import Settings, load_settings
 from boxd.units import parse_duration, parse_size
 
@@ -120,7 +121,9 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="configuration file [BOXD_CONFIG or /etc/boxd/boxd.toml]")
+    p.add_argument(
+        "--config", type=Path, default=None, metavar="F", help="configuration file [BOXD_CONFIG or /etc/boxd/boxd.toml]"
+    )
 
 
 def _load(args: argparse.Namespace) -> Settings | None:
@@ -129,6 +132,32 @@ def _load(args: argparse.Namespace) -> Settings | None:
     except ConfigError as exc:
         print(f"boxd: {exc}", file=sys.stderr)
         return None
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the daemon in the foreground (systemd's ExecStart)",
+        description="Run boxd: the control socket, the job queue, uploads, health and metrics.",
+    )
+    _config_arg(p)
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import anyio
+
+    from boxd import daemon, logs
+
+    settings = _load(args)
+    if settings is None:
+        return 2
+    logs.configure()
+    try:
+        return anyio.run(daemon.run, settings)
+    except ConfigError as exc:
+        print(f"boxd: {exc}", file=sys.stderr)
+        return 2
 
 
 def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -186,10 +215,110 @@ def _run_token_import(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- client commands: talk to a running daemon over its control socket (boxd.client) ------------
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--socket", type=Path, default=None, metavar="PATH", help="control socket [BOXD_SOCKET or daemon.socket]"
+    )
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", dest="as_json", help="print the API's JSON answer")
+
+
+def _target(args: argparse.Namespace) -> client.Target:
+    return client.Target(socket=args.socket, config=args.config)
+
+
+def _priority(text: str) -> int:
+    value = int(text)
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValueError(f"{text} is not in {PRIORITY_MIN}..{PRIORITY_MAX}")
+    return value
+
+
+def _limit(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise ValueError(f"{text} is not in 1..1000")
+    return value
+
+
+def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "enqueue",
+        help="submit a backup job to the daemon",
+        description=(
+            "Queue SOURCE (a file or directory under daemon.allowed_sources) for upload into a Box folder. "
+            "Exit status: 0 accepted (with --wait: succeeded), 1 refused or failed, 2 usage, 3 daemon unreachable."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE", help="file or directory (a relative path is taken from here)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", metavar="PATH", dest="destination", help="Box folder path under box.root_folder_id")
+    where.add_argument("--folder-id", metavar="ID", help="Box folder id to upload into")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="copy, or mirror (also trash remote extras) [copy]")
+    p.add_argument("--on-conflict", choices=[c.value for c in OnConflict], help="for changed files [version]")
+    p.add_argument("--key", metavar="K", help="idempotency key: resubmitting it returns the existing job")
+    p.add_argument(
+        "--priority", type=_arg(_priority, "priority"), metavar="N", help=f"{PRIORITY_MIN}..{PRIORITY_MAX} [0]"
+    )
+    p.add_argument("--wait", action="store_true", help="follow the job with a progress bar; exit 1 unless it succeeds")
+    _client_args(p)
+    p.set_defaults(func=_run_enqueue)
+
+
+def _run_enqueue(args: argparse.Namespace) -> int:
+    body = client.request_body(
+        args.source,
+        destination=args.destination,
+        folder_id=args.folder_id,
+        mode=args.mode,
+        on_conflict=args.on_conflict,
+        idempotency_key=args.key,
+        priority=args.priority,
+    )
+    return client.cmd_enqueue(_target(args), body, wait=args.wait, as_json=args.as_json)
+
+
+def _add_jobs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("jobs", help="list jobs, newest first", description="List the daemon's jobs, newest first.")
+    p.add_argument("--state", choices=[s.value for s in JobState], help="only jobs in this state")
+    p.add_argument("--limit", type=_arg(_limit, "limit"), metavar="N", help="at most this many, 1..1000 [100]")
+    _client_args(p)
+    p.set_defaults(func=_run_jobs)
+
+
+def _run_jobs(args: argparse.Namespace) -> int:
+    return client.cmd_jobs(_target(args), state=args.state, limit=args.limit, as_json=args.as_json)
+
+
+def _add_job_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, run: Callable[..., int]
+) -> None:
+    p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+    p.add_argument("job_id", metavar="ID", help="job id (j_...)")
+    _client_args(p)
+    p.set_defaults(func=lambda args: run(_target(args), args.job_id, as_json=args.as_json))
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("status", help="daemon, auth and queue state", description="Show daemon, auth and queue state.")
+    _client_args(p)
+    p.set_defaults(func=lambda args: client.cmd_status(_target(args), as_json=args.as_json))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boxd", description="Stream backup jobs into Box.")
     parser.add_argument("--version", action="version", version=f"boxd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_enqueue(sub)
+    _add_jobs(sub)
+    _add_job_command(sub, "show", "show a job and its files", client.cmd_show)
+    _add_job_command(sub, "cancel", "cancel a queued or running job", client.cmd_cancel)
+    _add_job_command(sub, "retry", "re-run the failed files of a failed job", client.cmd_retry)
+    _add_status(sub)
+    _add_serve(sub)
     _add_check(sub)
     _add_token(sub)
     _add_sim(sub)

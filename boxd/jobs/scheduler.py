@@ -46,10 +46,12 @@ class Scheduler:
         *,
         max_jobs: int,
         on_auth_lost: Callable[[], Awaitable[None]] | None = None,
+        details: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.runner, self.max_jobs = store, runner, max_jobs
         self._on_auth_lost = on_auth_lost
+        self._details = details
         self._clock = clock
         self._wake = anyio.Event()
         self._running: dict[str, anyio.CancelScope] = {}
@@ -69,7 +71,10 @@ class Scheduler:
             self._user_cancelled.add(job_id)
             scope.cancel()
         else:
-            await self.runner.abort_sessions(job_id)
+            # Sessions a queued job left open (it was interrupted earlier): abort them, but do
+            # not hold the API's answer hostage to a slow Box; unaborted ones expire in 7 days.
+            with anyio.move_on_after(10):
+                await self.runner.abort_sessions(job_id)
 
     def status(self) -> dict[str, Any]:
         return {
