@@ -81,3 +81,10 @@ def test_an_explicit_missing_file_or_broken_toml_is_an_error(tmp_path: Path) -> 
         load_settings(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match=r"boxd\.toml"):
         load_settings(write(tmp_path, "[box\nclient_id = 1"))
+
+
+def test_the_example_configuration_loads_as_it_is() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "boxd.example.toml"
+    s = load_settings(example)
+    assert s.box.upload_cutoff == 50 * MIB and s.daemon.allowed_sources == [Path("/srv/backups")]
+    assert s.box.token_refresh_margin == 300.0 and s.http.listen == "127.0.0.1:9464"
