@@ -71,6 +71,11 @@ class BoxClient:
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> None:
         self.settings = box
+        # aiohttp resends an idempotent request (a part PUT, a GET) once by itself when a reused
+        # connection breaks; that resend would bypass the pacer, the backoff and the accounting,
+        # so :meth:`request` must be the only retry loop. aiohttp has no public switch for it
+        # (its own TestClient sets this attribute too).
+        http._retry_connection = False
         self.http = http
         self.tokens = tokens
         self.pacer = pacer

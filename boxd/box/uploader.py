@@ -328,8 +328,17 @@ class _ChunkedRun:
                 case sm.CreateSession():
                     await self._create()
                 case sm.ListParts():
-                    parts = await self.client.list_parts(self._endpoint("list_parts"))
-                    await self._perform(self.m.handle(sm.PartsListed([p.as_json() for p in parts], self.up._clock())))
+                    try:
+                        parts = await self.client.list_parts(self._endpoint("list_parts"))
+                    except BoxRequestError as exc:
+                        # A checkpoint may outlive its session: expired (410), or aborted or
+                        # otherwise unknown to Box (404). Either way the machine starts a new one.
+                        if exc.status not in (404, 410):
+                            raise
+                        await self._perform(self.m.handle(sm.SessionExpired()))
+                    else:
+                        listed = sm.PartsListed([p.as_json() for p in parts], self.up._clock())
+                        await self._perform(self.m.handle(listed))
                 case sm.Commit():
                     await self._commit(action)
                 case sm.Wait(seconds=seconds):
@@ -373,7 +382,10 @@ class _ChunkedRun:
                 last = sm.LocalFileChanged(why) if why else sm.AllPartsHashed(digest.hexdigest())
                 self._handle(last)
         finally:
-            await anyio.to_thread.run_sync(fh.close)
+            # Shielded: to_thread.run_sync checks for cancellation before it starts, so a
+            # cancelled upload (shutdown, job cancelled) would otherwise leak the descriptor.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(fh.close)
 
     async def _pass_part(self, tg: anyio.abc.TaskGroup, fh: IO[bytes], index: int, digest: hashlib._Hash) -> bool:
         """Read part ``index`` into the pass and start its PUT if Box lacks it; False to stop reading."""

@@ -1,9 +1,10 @@
-"""boxd's Box client wired to an in-process emulator, as the daemon will wire it."""
+"""boxd's Box client wired to an emulator (in-process or a subprocess), as the daemon will wire it."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +51,18 @@ def box_settings(box: Box, **overrides: Any) -> BoxSettings:
 
 
 @asynccontextmanager
-async def box_kit(
-    box: Box, state_dir: Path, *, memory_limit: int = 64 * MIB, part_concurrency: int = 4, **overrides: Any
+async def settings_kit(
+    settings: BoxSettings,
+    state_dir: Path,
+    *,
+    clock: Callable[[], float] = time.time,
+    memory_limit: int = 64 * MIB,
+    part_concurrency: int = 4,
 ) -> AsyncIterator[Kit]:
-    settings = box_settings(box, **overrides)
+    """A client for ``settings``; ``clock`` is the token provider's (the emulator's, or one it does not share)."""
     stats = Stats()
     async with aiohttp.ClientSession() as http:
-        tokens = await provider_from_settings(settings, state_dir, http, stats, clock=box.clock)
+        tokens = await provider_from_settings(settings, state_dir, http, stats, clock=clock)
         pacer = Pacer.from_settings(settings, stats=stats)
         # Short backoff: tests exercise the retry paths, not the waiting.
         client = BoxClient(settings, http, tokens, pacer, stats, backoff=Backoff(base=0.01, cap=0.05, max_attempts=6))
@@ -64,3 +70,21 @@ async def box_kit(
         uploader = Uploader(client, budget, upload_cutoff=settings.upload_cutoff, part_concurrency=part_concurrency)
         folders = Folders(client, settings.root_folder_id, list_chunk=settings.list_chunk, owned_by=settings.owned_by)
         yield Kit(settings, client, folders, uploader, stats, budget)
+
+
+@asynccontextmanager
+async def box_kit(
+    box: Box,
+    state_dir: Path,
+    *,
+    memory_limit: int = 64 * MIB,
+    part_concurrency: int = 4,
+    clock: Callable[[], float] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Kit]:
+    """A client of the in-process emulator; its token provider shares ``box.clock`` unless given ``clock``."""
+    settings = box_settings(box, **overrides)
+    async with settings_kit(
+        settings, state_dir, clock=clock or box.clock, memory_limit=memory_limit, part_concurrency=part_concurrency
+    ) as kit:
+        yield kit
