@@ -75,8 +75,10 @@ async def receive(
             await anyio.to_thread.run_sync(sink, fh, buf)
             await throttle.account(len(buf))
     except BaseException:
-        await anyio.to_thread.run_sync(fh.close)
-        await anyio.to_thread.run_sync(lambda: dest.unlink(missing_ok=True))
+        # Shielded: a cancelled handler (client gone, server stopping) must still close and remove.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(fh.close)
+            await anyio.to_thread.run_sync(lambda: dest.unlink(missing_ok=True))
         raise
     await anyio.to_thread.run_sync(fh.close)
     return size, digest.hexdigest()
@@ -92,7 +94,8 @@ async def iter_file(path: Path, bandwidth: int = 0) -> AsyncIterator[bytes]:
             await throttle.account(len(chunk))
             yield chunk
     finally:
-        await anyio.to_thread.run_sync(fh.close)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(fh.close)
 
 
 async def send_file(request: web.Request, path: Path, size: int, bandwidth: int = 0) -> web.StreamResponse:
