@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +46,6 @@ SESSION_ROUTE = "POST /api/2.0/files/upload_sessions"
 CHUNKED = 50 * MIB + 4321
 #: An mtime far in the past, so that any write during the test moves it (coarse timestamp clocks).
 OLD_MTIME_NS = 1_600_000_000 * 10**9
-
-
-@pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    async with running_box(tmp_path / "sim", Knobs()) as b:
-        yield b
-
-
-@pytest.fixture
-async def kit(box: Box, tmp_path: Path) -> AsyncIterator[Kit]:
-    async with box_kit(box, tmp_path / "state") as k:
-        yield k
 
 
 def _stamped(path: Path, size: int) -> LocalFile:

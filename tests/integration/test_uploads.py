@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,23 +11,10 @@ import pytest
 from boxd.box.uploader import LocalFile
 from boxd.errors import InvalidNameError, PermanentError
 from boxd.settings import MIB
-from boxd.sim.config import Knobs
-from tests.integration.boxfix import Kit, box_kit
-from tests.integration.simfix import Box, running_box
+from tests.integration.boxfix import Kit
+from tests.integration.simfix import Box
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def box(tmp_path: Path) -> AsyncIterator[Box]:
-    async with running_box(tmp_path / "sim", Knobs()) as b:
-        yield b
-
-
-@pytest.fixture
-async def kit(box: Box, tmp_path: Path) -> AsyncIterator[Kit]:
-    async with box_kit(box, tmp_path / "state") as k:
-        yield k
 
 
 def make_file(path: Path, size: int) -> LocalFile:
