@@ -53,4 +53,4 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
 
 def get(name: str) -> Any:
     """A logger bound to ``component=name``."""
-    return structlog.get_logger().bind(component=name)
+    return structlog.get_logger(component=name)  # lazy: bound on first use, after configure()

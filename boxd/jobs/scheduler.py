@@ -77,11 +77,14 @@ class Scheduler:
                 await self.runner.abort_sessions(job_id)
 
     def status(self) -> dict[str, Any]:
-        return {
-            "running_jobs": sorted(self._running),
-            "claiming": not self._stopping and self.auth_ok,
-            "auth_ok": self.auth_ok,
-        }
+        # The daemon's details (auth, paused, pause_reason, transfers) first, then the queue's own.
+        out: dict[str, Any] = dict(self._details()) if self._details is not None else {}
+        out.update(
+            running_jobs=sorted(self._running),
+            claiming=not self._stopping and self.auth_ok,
+            auth_ok=self.auth_ok,
+        )
+        return out
 
     # -- auth ----------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from boxd.box.retry import Backoff
 from boxd.box.session import SessionMachine
 from boxd.box.uploader import LocalFile, OnConflict, sha1_of
 from boxd.errors import AuthNeedsHumanError, BoxdError, PermanentError, TransientError
-from boxd.jobs.models import ErrorInfo, FileAction, FileState, FileTask, Job
+from boxd.jobs.models import ErrorInfo, FileAction, FileState, FileTask, InvalidTransition, Job
 from boxd.jobs.scheduler import AuthLostError
 from boxd.jobs.store import JobStore
 from boxd.settings import Settings
@@ -263,7 +263,12 @@ class JobRunner:
 
         async def checkpoint(state: str | None) -> None:
             # Every part's checkpoint matters for resume; the store write is cheap (one row).
-            await self.store.save_checkpoint(task.id, state, bytes_done=sent)
+            try:
+                await self.store.save_checkpoint(task.id, state, bytes_done=sent)
+            except InvalidTransition:
+                # The job was cancelled under this upload (the store cancelled its files); the
+                # cancel scope stops it, and raising here would mask that as a failed file.
+                log.debug("checkpoint_after_cancel", job_id=job.id, file=task.rel_path)
 
         on_conflict: OnConflict = job.request.on_conflict.value
         try:
@@ -292,4 +297,6 @@ class JobRunner:
                     await self.box.client.abort(session.endpoints["abort"])
             except (ValueError, BoxdError) as exc:  # it expires by itself after 7 days
                 log.warning("session_abort_failed", job_id=job_id, file=task.rel_path, error=str(exc))
-            await self.store.save_checkpoint(task.id, None)
+            if task.state in (FileState.PENDING, FileState.RUNNING):
+                await self.store.save_checkpoint(task.id, None)
+            # A cancelled file keeps its (now aborted) session in the store: it is never resumed.
