@@ -1,59 +1,82 @@
-"""``boxd demo``: the Box emulator, a generated sample backup, a live upload, a verified result.
+"""``boxd demo``: the Box emulator, boxd's daemon, a generated sample backup, a verified result.
 
-Everything runs in one process (``make demo``):
+Everything runs in one process (``make demo``), on the real code paths:
 
-1. The emulator (:func:`boxd.sim.server.running`) on 127.0.0.1, a free port, with Box's real
-   per-user limits: 1,000 API calls and 240 uploads a minute, as token buckets of
-   :data:`RATE_BURST` = 10. The uploader paces itself at 95 % of those limits with half that
-   burst (slack for scheduling jitter), so a handful of uploads leave at once and the rest are
-   held to ~4 a second: the sample's 46 uploads (45 simple, 1 session) take ~11 s, the limit
-   and not bandwidth setting the pace, as with Box. Access tokens are shortened to
-   :data:`DEMO_TOKEN_TTL` seconds for the run (``POST /_sim/faults``), so it also shows
-   refresh-token rotation; ``DELETE /_sim/faults`` restores Box's hour afterwards.
-2. A sample backup in a temp dir (:func:`generate_sample`): a restic-like repository
+1. A sample backup in a temp dir (:func:`generate_sample`): a restic-like repository
    (``config``, ``keys/``, ``index/``, ``snapshots/``, ``data/xx/`` with 40 packs of random
-   bytes, 64 KiB–1 MiB, each named by its SHA-256 as restic does) and one ~65 MiB archive that
-   takes the chunked-upload path.
-3. The upload into ``Backups/demo-host/``, with a progress bar on a terminal and plain lines
-   otherwise.
-4. A summary and a verification of every file by size and SHA-1 through ``GET /_sim/state``;
-   the exit status is 0 only if all match.
+   bytes, 64 KiB–1 MiB, each named by its SHA-256 as restic does) and one ~65 MiB archive,
+   above the daemon's ``upload_cutoff`` (50 MiB), so it takes the chunked-upload path.
+2. The emulator (:func:`boxd.sim.server.running`) on 127.0.0.1, a free port, with Box's real
+   per-user limits: 1,000 API calls and 240 uploads a minute, as token buckets of
+   :data:`RATE_BURST` = 10. The daemon paces itself below them (95 %, small bursts), so the
+   sample's 46 uploads take ~11 s: the limit and not bandwidth sets the pace, as with Box.
+   Access tokens are shortened to :data:`DEMO_TOKEN_TTL` seconds for the run
+   (``POST /_sim/faults``), so the run also shows refresh-token rotation (the daemon renews
+   ahead of expiry, within half the token's lifetime); ``DELETE /_sim/faults`` restores
+   Box's hour afterwards.
+3. The daemon (:func:`boxd.daemon.run`, exactly what ``boxd serve`` runs) as a task of this
+   process, configured by a ``boxd.toml`` written to the temp dir: the emulator's URLs and
+   credentials, a fresh token blob, the control socket in a short ``/tmp`` path (``AF_UNIX``
+   paths are limited to ~100 bytes), ``allowed_sources`` = the sample, health and metrics on
+   a free loopback port. Its JSON log lines go to ``daemon.log`` in the temp dir, not to the
+   terminal.
+4. The sample is enqueued through the control socket into ``Backups/demo-host/`` and followed
+   with ``boxd enqueue --wait``'s progress views (:mod:`boxd.client`): a progress bar on a
+   terminal, plain lines otherwise.
+5. A summary (files, bytes, time, throughput, 429s honoured and token refreshes as the
+   emulator counted them) and a verification of every file by size and SHA-1 through
+   ``GET /_sim/state``; the exit status is 0 only if the job succeeded and all files match.
 
-INTERIM: the daemon (``boxd/daemon.py``) and the Box client (``boxd/box/``) do not exist yet,
-so step 3 is done by the small uploader in the section "Interim uploader" below. A later issue
-replaces that section with the real path (start the daemon against the emulator, enqueue the
-sample, wait for the job); sample generation, emulator settings, summary and verification stay.
+The daemon stops by cancellation once the result is in; with ``--keep`` the emulator and the
+daemon stay up until Ctrl-C, which the daemon handles as it would SIGINT under ``boxd serve``
+(drain, then exit), so ``boxd jobs --socket ...`` and friends can be tried against them.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
-import io
 import json
+import logging
 import random
-import signal
+import socket
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import aiohttp
 import anyio
+import structlog
 
-from boxd.sim.config import SESSION_MIN_SIZE, Knobs
+from boxd import logs
+from boxd.client import (
+    EXIT_INTERRUPTED,
+    ControlClient,
+    DaemonUnreachableError,
+    PlainView,
+    ProgressView,
+    RichView,
+    enqueued_text,
+    final_line,
+    wait_for,
+)
+from boxd.errors import BoxdError
+from boxd.sim.config import Knobs
 from boxd.sim.server import SimOptions, running
+
+if TYPE_CHECKING:
+    from boxd.settings import Settings
 
 KIB = 1024
 MIB = 1024 * KIB
 
-#: Box's documented per-user limits, used both by the emulator and by the uploader's pacing.
+#: Box's documented per-user limits, enforced by the emulator and paced under by the daemon.
 API_CALLS_PER_MINUTE = 1000
 UPLOADS_PER_MINUTE = 240
 #: Token-bucket capacity of the emulator's limits: short bursts pass, the rest is really paced.
@@ -62,11 +85,18 @@ RATE_BURST = 10
 DEMO_TOKEN_TTL = 8
 #: Where the sample lands, relative to the account's root folder.
 DESTINATION = ("Backups", "demo-host")
-#: The sample: restic packs and one large archive (≥ SESSION_MIN_SIZE: a chunked upload).
+#: The sample: restic packs and one large archive (above the daemon's 50 MiB upload_cutoff:
+#: a chunked upload).
 PACKS = 40
 PACK_SIZES = (64 * KIB, 1 * MIB)
 ARCHIVE_NAME = "demo-host-etc-2024-06-01.tar.zst"
 ARCHIVE_SIZE = 64 * MIB + 1_234_567  # not a multiple of the part size: the last part is short
+#: Seconds between plain progress lines (``boxd enqueue --wait`` prints one every 5 s).
+PLAIN_PROGRESS_INTERVAL = 2.0
+#: How long the daemon may take to answer on its control socket after it was started.
+READY_TIMEOUT = 30.0
+#: Lines of the daemon's log shown when the demo fails (the log goes with the temp dir).
+LOG_TAIL = 20
 
 
 # ---------------------------------------------------------------------------------- sample
@@ -143,475 +173,210 @@ def remote_path(dest: tuple[str, ...], rel: tuple[str, ...]) -> str:
     return "/".join([*dest, *rel])
 
 
-# ------------------------------------------------------------------------ interim uploader
-#
-# INTERIM -- replaced by the daemon + boxd/box in a later issue. Deliberately minimal: folders
-# created as needed, simple multipart uploads below CHUNKED_CUTOFF, an upload session above it,
-# pacing below Box's per-minute limits, 429/Retry-After, 5xx/network retries, 202 commits and
-# OAuth refresh-token rotation. No resume, no conflict handling (the account starts empty),
-# no durable token store; small files are read into memory whole.
-
-#: Files of at least this size go through an upload session (boxd's ``upload_cutoff``
-#: default; Box accepts sessions from SESSION_MIN_SIZE and simple uploads up to 50 MB).
-CHUNKED_CUTOFF = max(SESSION_MIN_SIZE, 50 * MIB)
-FILE_CONCURRENCY = 4
-PART_CONCURRENCY = 4
-ATTEMPTS = 6  # per request, for 5xx, network errors and 401s
-MAX_429 = 50  # per request
-COMMIT_RETRIES = 100  # as rclone's commit_retries
-#: The uploader paces at this share of the limits, with half the emulator's burst, so that
-#: scheduling jitter does not run into the server's buckets.
-PACE_SHARE = 0.95
+# ------------------------------------------------------------------------------ the daemon
 
 
-class UploadError(Exception):
-    """A request that failed for good (its message names the file or call)."""
+@dataclass(frozen=True)
+class DaemonFiles:
+    """Where the demo's daemon keeps its configuration, state, socket and log."""
+
+    config: Path
+    state_dir: Path
+    socket: Path
+    log: Path
+    listen: str
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: Mapping[str, str]
-    body: Any  # decoded JSON, or None
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def box_error(what: str, reply: Reply) -> UploadError:
-    body = reply.body if isinstance(reply.body, dict) else {}
-    code = body.get("code") or body.get("error") or "?"
-    message = body.get("message") or body.get("error_description") or ""
-    return UploadError(f"{what}: HTTP {reply.status} {code} {message}".rstrip())
+def write_config(
+    root: Path, socket_dir: Path, credentials: Mapping[str, Any], token: Mapping[str, Any], source: Path
+) -> DaemonFiles:
+    """A ``boxd.toml`` for a daemon that talks to the emulator of ``credentials`` with ``token``
+    (an rclone-style blob) and may upload from ``source``; the socket goes to ``socket_dir``
+    (keep it short: ``AF_UNIX`` paths hold ~100 bytes)."""
+    files = DaemonFiles(
+        config=root / "boxd.toml",
+        state_dir=root / "state",
+        socket=socket_dir / "boxd.sock",
+        log=root / "daemon.log",
+        listen=f"127.0.0.1:{free_port()}",
+    )
+    sections: dict[str, dict[str, Any]] = {
+        "box": {
+            "client_id": credentials["client_id"],
+            "client_secret": credentials["client_secret"],
+            "token": json.dumps(token),
+            "api_url": credentials["api_url"],
+            "upload_url": credentials["upload_url"],
+            "token_url": credentials["token_url"],
+            "api_calls_per_minute": API_CALLS_PER_MINUTE,
+            "uploads_per_minute": UPLOADS_PER_MINUTE,
+        },
+        "daemon": {
+            "socket": str(files.socket),
+            "state_dir": str(files.state_dir),
+            "allowed_sources": [str(source)],
+            "shutdown_grace": "2s",
+        },
+        "http": {"listen": files.listen},
+    }
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]  # JSON values are TOML too
+    files.config.write_text("\n".join(lines) + "\n")
+    return files
 
 
-class Bucket:
-    """Client-side token bucket: waits until a request may go (``per_minute`` a minute)."""
+class LogSink:
+    """The file structlog's ``PrintLogger`` writes to during the demo: the log file while the
+    demo runs, ``sys.stdout`` (structlog's default) once it is closed. Loggers that modules
+    bind on import (``logs.get``) keep their file for good, so it must outlive the demo."""
 
-    def __init__(self, per_minute: float, burst: int) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(max(1, burst))
-        self.tokens = self.capacity
-        self.stamp = time.monotonic()
-        self.lock = anyio.Lock()
+    def __init__(self, fh: TextIO) -> None:  # print() needs only write and flush
+        self._fh: TextIO | None = fh
 
-    async def take(self) -> None:
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
-                    return
-                await anyio.sleep((1.0 - self.tokens) / self.rate)
+    def write(self, text: str) -> int:
+        return (self._fh or sys.stdout).write(text)
+
+    def flush(self) -> None:
+        (self._fh or sys.stdout).flush()
+
+    def close(self) -> None:
+        self._fh = None
 
 
-class Pacing:
-    """Paces calls below the limits; after a 429 holds *every* call for ``Retry-After``."""
+@contextlib.contextmanager
+def logs_to(path: Path) -> Iterator[None]:
+    """Send structlog (boxd's JSON lines, secrets redacted) and stdlib logging to ``path``
+    instead of the terminal; the previous configuration is restored afterwards.
 
-    def __init__(self, api_per_minute: int, uploads_per_minute: int, burst: int) -> None:
-        self.api = Bucket(api_per_minute * PACE_SHARE, burst)
-        self.uploads = Bucket(uploads_per_minute * PACE_SHARE, burst)
-        self.paused_until = 0.0
-        self.rate_limited = 0
-
-    async def before(self, upload: bool) -> None:
-        while True:  # a 429 seen meanwhile may extend the pause
-            delay = self.paused_until - time.monotonic()
-            if delay <= 0:
-                break
-            await anyio.sleep(delay)
-        if upload:  # Box counts an upload against both limits
-            await self.uploads.take()
-        await self.api.take()
-
-    def pause(self, seconds: float) -> None:
-        self.rate_limited += 1
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
-
-
-def retry_after(reply: Reply, default: float = 1.0) -> float:
-    try:
-        return max(0.0, float(reply.headers.get("Retry-After", default)))
-    except ValueError:
-        return default
-
-
-class Tokens:
-    """The OAuth token: refreshed before it expires and on 401, one refresh at a time.
-
-    Box's refresh tokens are single-use, so a refresh that another task already did is not
-    repeated (``refresh(stale)`` only acts while ``stale`` is still the current token).
+    Enter it *before* importing :mod:`boxd.daemon`: modules that bind a logger at import
+    time (``logs.get``) keep the output configured at that moment.
     """
-
-    def __init__(self, http: aiohttp.ClientSession, credentials: Mapping[str, Any], blob: Mapping[str, Any]) -> None:
-        self.http = http
-        self.token_url = str(credentials["token_url"])
-        self.client_id = str(credentials["client_id"])
-        self.client_secret = str(credentials["client_secret"])
-        self.lock = anyio.Lock()
-        self.refreshes = 0
-        expiry = datetime.fromisoformat(str(blob["expiry"]).replace("Z", "+00:00")).timestamp()
-        self._set(str(blob["access_token"]), str(blob["refresh_token"]), expiry - time.time())
-
-    def _set(self, access: str, refresh: str, lifetime: float) -> None:
-        self.access, self.refresh_token = access, refresh
-        self.expires_at = time.time() + lifetime
-        self.margin = min(60.0, lifetime / 4)
-
-    async def bearer(self) -> str:
-        if time.time() >= self.expires_at - self.margin:
-            await self.refresh(self.access)
-        return self.access
-
-    async def refresh(self, stale: str) -> None:
-        async with self.lock:
-            if self.access != stale:
-                return
-            form = {
-                "grant_type": "refresh_token",
-                "refresh_token": self.refresh_token,
-                "client_id": self.client_id,
-                "client_secret": self.client_secret,
-            }
-            async with self.http.post(self.token_url, data=form) as resp:
-                body = await resp.json(content_type=None)
-                if resp.status != 200 or not isinstance(body, dict):
-                    raise UploadError(f"token refresh: HTTP {resp.status} {body}")
-            self._set(str(body["access_token"]), str(body["refresh_token"]), float(body["expires_in"]))
-            self.refreshes += 1
-
-
-class BoxCalls:
-    """One authenticated, paced, retried request at a time (no Box semantics beyond that)."""
-
-    def __init__(self, http: aiohttp.ClientSession, tokens: Tokens, pacing: Pacing) -> None:
-        self.http = http
-        self.tokens = tokens
-        self.pacing = pacing
-
-    async def call(
-        self,
-        method: str,
-        url: str,
-        *,
-        upload: bool = False,
-        json_body: Any = None,
-        data: Callable[[], Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Reply:
-        """Send until the answer is final: 429 waits ``Retry-After``; 401 refreshes; 5xx and
-        network errors back off (``ATTEMPTS``). Returns every other answer to the caller."""
-        failures = limited = 0
-        while True:
-            await self.pacing.before(upload)
-            token = await self.tokens.bearer()
-            sent = {"Authorization": f"Bearer {token}", **(headers or {})}
-            try:
-                async with self.http.request(
-                    method, url, json=json_body, data=data() if data else None, headers=sent
-                ) as resp:
-                    raw = await resp.read()
-                    reply = Reply(resp.status, resp.headers, _json_or_none(raw))
-            except (aiohttp.ClientError, OSError) as exc:  # OSError: resets, timeouts
-                reply = Reply(0, {}, {"message": f"{type(exc).__name__}: {exc}"})
-            if reply.status == 429 and limited < MAX_429:
-                limited += 1
-                self.pacing.pause(retry_after(reply))
-                continue
-            if reply.status in (0, 401) or reply.status >= 500:
-                failures += 1
-                if failures >= ATTEMPTS:
-                    return reply
-                if reply.status == 401:
-                    await self.tokens.refresh(token)
-                else:
-                    backoff = min(8.0, 0.25 * 2**failures) * random.uniform(0.5, 1.5)
-                    await anyio.sleep(retry_after(reply, backoff))
-                continue
-            return reply
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(int(ts), UTC).isoformat()
-
-
-def _read_part(path: Path, offset: int, length: int) -> tuple[bytes, bytes]:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        chunk = fh.read(length)
-    return chunk, hashlib.sha1(chunk).digest()
-
-
-def _read_whole(path: Path) -> tuple[bytes, str]:
-    data = path.read_bytes()
-    return data, hashlib.sha1(data).hexdigest()
-
-
-@dataclass
-class Tally:
-    """Progress shared by the uploader (writes) and the display (reads)."""
-
-    files_total: int
-    bytes_total: int
-    files_done: int = 0
-    bytes_done: int = 0
-
-
-@dataclass
-class UploadResult:
-    uploaded: int = 0
-    errors: list[str] = field(default_factory=list)
-    rate_limited: int = 0  # 429s the uploader waited out
-    token_refreshes: int = 0
-
-
-class Uploader:
-    """Uploads a list of local files into a Box folder path, creating folders on the way."""
-
-    def __init__(self, calls: BoxCalls, credentials: Mapping[str, Any], tally: Tally, chunked_cutoff: int) -> None:
-        self.calls = calls
-        self.chunked_cutoff = chunked_cutoff
-        self.api_url = str(credentials["api_url"])
-        self.upload_url = str(credentials["upload_url"])
-        self.tally = tally
-        self.folder_ids: dict[tuple[str, ...], str] = {(): "0"}
-        self.folder_locks: defaultdict[tuple[str, ...], anyio.Lock] = defaultdict(anyio.Lock)
-
-    async def folder(self, path: tuple[str, ...]) -> str:
-        """The id of folder ``path`` (from the root), created with its parents as needed."""
-        if path in self.folder_ids:
-            return self.folder_ids[path]
-        parent = await self.folder(path[:-1])
-        async with self.folder_locks[path]:
-            if path not in self.folder_ids:
-                body = {"name": path[-1], "parent": {"id": parent}}
-                reply = await self.calls.call("POST", f"{self.api_url}/folders?fields=id", json_body=body)
-                answer = reply.body if isinstance(reply.body, dict) else {}
-                conflicts = answer.get("context_info", {}).get("conflicts")
-                if reply.status == 201:
-                    self.folder_ids[path] = str(answer["id"])
-                elif reply.status == 409 and isinstance(conflicts, list):  # an existing folder: use it
-                    self.folder_ids[path] = str(conflicts[0]["id"])
-                else:
-                    raise box_error(f"create folder {'/'.join(path)}", reply)
-        return self.folder_ids[path]
-
-    async def file(self, f: LocalFile, dest: tuple[str, ...]) -> None:
-        folder_id = await self.folder((*dest, *f.rel[:-1]))
-        if f.size >= self.chunked_cutoff:
-            await self._chunked(f, folder_id, remote_path(dest, f.rel))
-        else:
-            await self._simple(f, folder_id, remote_path(dest, f.rel))
-        self.tally.files_done += 1
-
-    async def _simple(self, f: LocalFile, folder_id: str, shown: str) -> None:
-        data, sha1 = await anyio.to_thread.run_sync(_read_whole, f.path)
-        attributes = json.dumps(
-            {"name": f.path.name, "parent": {"id": folder_id}, "content_modified_at": _rfc3339(f.mtime)}
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    with path.open("a", encoding="utf-8") as fh:
+        sink = LogSink(fh)
+        logs.configure(json=True)  # boxd's processor chain ...
+        structlog.configure(
+            logger_factory=structlog.PrintLoggerFactory(cast(TextIO, sink)), cache_logger_on_first_use=False
         )
-
-        # A fresh body for every attempt, attributes first. BytesIO, as aiohttp warns about large raw bytes.
-        def form() -> aiohttp.FormData:
-            fd = aiohttp.FormData()
-            fd.add_field("attributes", attributes)
-            fd.add_field("file", io.BytesIO(data), filename=f.path.name, content_type="application/octet-stream")
-            return fd
-
-        reply = await self.calls.call(
-            "POST",
-            f"{self.upload_url}/files/content?fields=id,sha1",
-            upload=True,
-            data=form,
-            headers={"Content-MD5": sha1},
-        )
-        if reply.status != 201:
-            raise box_error(f"upload {shown}", reply)
-        self.tally.bytes_done += len(data)
-
-    async def _chunked(self, f: LocalFile, folder_id: str, shown: str) -> None:
-        whole = await anyio.to_thread.run_sync(sha1_file, f.path)
-        reply = await self.calls.call(
-            "POST",
-            f"{self.upload_url}/files/upload_sessions",
-            upload=True,
-            json_body={"folder_id": folder_id, "file_size": f.size, "file_name": f.path.name},
-        )
-        if reply.status != 201:
-            raise box_error(f"create upload session for {shown}", reply)
-        session = reply.body
-        endpoints = session["session_endpoints"]
+        handler = logging.StreamHandler(fh)  # ... and aiohttp's or asyncio's complaints, if any
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.handlers = [handler]
+        root.setLevel(logging.WARNING)
         try:
-            parts = await self._parts(f, int(session["part_size"]), int(session["total_parts"]), endpoints, shown)
-            await self._commit(f, endpoints["commit"], parts, whole, shown)
-        except BaseException:
-            with anyio.move_on_after(5, shield=True):  # best effort: Box expires sessions anyway
-                await self.calls.call("DELETE", endpoints["abort"])
-            raise
-
-    async def _parts(
-        self, f: LocalFile, part_size: int, total: int, endpoints: Mapping[str, str], shown: str
-    ) -> list[Any]:
-        parts: list[Any] = [None] * total
-        limiter = anyio.CapacityLimiter(PART_CONCURRENCY)  # bounds the part bytes held in memory
-
-        async def one(index: int) -> None:
-            async with limiter:
-                offset = index * part_size
-                length = min(part_size, f.size - offset)
-                chunk, digest = await anyio.to_thread.run_sync(_read_part, f.path, offset, length)
-                headers = {
-                    "Digest": "sha=" + base64.b64encode(digest).decode(),
-                    "Content-Range": f"bytes {offset}-{offset + length - 1}/{f.size}",
-                    "Content-Type": "application/octet-stream",
-                }
-                reply = await self.calls.call(
-                    "PUT", endpoints["upload_part"], data=lambda: io.BytesIO(chunk), headers=headers
-                )
-                body = reply.body if isinstance(reply.body, dict) else {}
-                if reply.status == 200:
-                    parts[index] = body["part"]
-                elif (  # an earlier attempt arrived after all (its answer was lost): the same part
-                    reply.status == 416
-                    and body.get("code") == "range_overlaps_existing_part"
-                    and (stored := body.get("context_info", {}).get("conflicting_part", {})).get("sha1") == digest.hex()
-                ):
-                    parts[index] = stored
-                else:
-                    raise box_error(f"upload part {index + 1}/{total} of {shown}", reply)
-                self.tally.bytes_done += length
-
-        async with anyio.create_task_group() as tg:
-            for index in range(total):
-                tg.start_soon(one, index)
-        return parts
-
-    async def _commit(self, f: LocalFile, url: str, parts: list[Any], whole: str, shown: str) -> None:
-        body = {"parts": parts, "attributes": {"content_modified_at": _rfc3339(f.mtime)}}
-        headers = {"Digest": "sha=" + base64.b64encode(bytes.fromhex(whole)).decode()}
-        for _ in range(COMMIT_RETRIES):
-            reply = await self.calls.call("POST", url, json_body=body, headers=headers)
-            if reply.status == 201:
-                return
-            if reply.status != 202:  # 202: parts not processed yet, retry the same commit
-                raise box_error(f"commit {shown}", reply)
-            await anyio.sleep(retry_after(reply))
-        raise UploadError(f"commit {shown}: still 202 after {COMMIT_RETRIES} attempts")
-
-
-async def upload(
-    files: list[LocalFile],
-    dest: tuple[str, ...],
-    credentials: Mapping[str, Any],
-    token: Mapping[str, Any],
-    tally: Tally,
-    *,
-    api_calls_per_minute: int = API_CALLS_PER_MINUTE,
-    uploads_per_minute: int = UPLOADS_PER_MINUTE,
-    burst: int = max(1, RATE_BURST // 2),
-    chunked_cutoff: int = CHUNKED_CUTOFF,
-) -> UploadResult:
-    """Upload ``files`` to folder path ``dest``; a file that fails is reported, the rest go on."""
-    result = UploadResult()
-    pacing = Pacing(api_calls_per_minute, uploads_per_minute, burst)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        tokens = Tokens(http, credentials, token)
-        uploader = Uploader(BoxCalls(http, tokens, pacing), credentials, tally, max(chunked_cutoff, SESSION_MIN_SIZE))
-        limiter = anyio.CapacityLimiter(FILE_CONCURRENCY)
-
-        async def one(f: LocalFile) -> None:
-            async with limiter:
-                try:
-                    await uploader.file(f, dest)
-                    result.uploaded += 1
-                except UploadError as exc:
-                    result.errors.append(str(exc))
-
-        async with anyio.create_task_group() as tg:
-            for f in files:
-                tg.start_soon(one, f)
-        result.rate_limited = pacing.rate_limited
-        result.token_refreshes = tokens.refreshes
-    return result
-
-
-# ------------------------------------------------------------------- progress and checking
-
-
-async def show_progress(tally: Tally, tty: bool) -> None:
-    """Render ``tally`` until cancelled: a rich bar on a terminal, a line a second otherwise."""
-    await (_rich_progress(tally) if tty else _plain_progress(tally))
-
-
-def eta(tally: Tally, elapsed: float) -> str:
-    """Time left, by bytes or by files, whichever is further: small files are held back by the
-    uploads-per-minute limit, not by bandwidth, so a bytes-only estimate would be far too short."""
-    if elapsed <= 0 or not tally.bytes_done or not tally.files_done:
-        return "-:--"
-    left = max(
-        (tally.bytes_total - tally.bytes_done) * elapsed / tally.bytes_done,
-        (tally.files_total - tally.files_done) * elapsed / tally.files_done,
-    )
-    return f"{int(left) // 60}:{int(left) % 60:02d}"
-
-
-async def _rich_progress(tally: Tally) -> None:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
-
-    columns = (
-        TextColumn("uploading"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TextColumn("{task.fields[rate]}"),
-        TextColumn("{task.fields[files]}"),
-        TextColumn("ETA {task.fields[eta]}"),
-    )
-    start = time.monotonic()
-    with Progress(*columns) as progress:
-        task = progress.add_task("upload", total=tally.bytes_total, files="", rate="", eta="-:--")
-
-        def update() -> None:
-            elapsed = max(time.monotonic() - start, 1e-9)
-            progress.update(
-                task,
-                completed=tally.bytes_done,
-                files=f"{tally.files_done}/{tally.files_total} files",
-                rate=f"{tally.bytes_done / MIB / elapsed:.1f} MiB/s",
-                eta=eta(tally, elapsed),
-            )
-
-        try:
-            while True:
-                update()
-                await anyio.sleep(0.1)
+            yield
         finally:
-            update()
+            root.handlers = saved_handlers
+            root.setLevel(saved_level)
+            structlog.configure(**saved)
+            sink.close()
 
 
-async def _plain_progress(tally: Tally) -> None:
-    start = time.monotonic()
-
-    def line() -> None:
-        elapsed = max(time.monotonic() - start, 1e-9)
-        print(
-            f"  {tally.files_done}/{tally.files_total} files, "
-            f"{tally.bytes_done / MIB:.1f}/{tally.bytes_total / MIB:.1f} MiB, "
-            f"{tally.bytes_done / MIB / elapsed:.1f} MiB/s, {elapsed:.1f} s, ETA {eta(tally, elapsed)}",
-            flush=True,
-        )
-
+def log_tail(path: Path, lines: int = LOG_TAIL) -> str:
+    """The last ``lines`` lines of the daemon's log, introduced. Blocking."""
     try:
-        while True:
-            await anyio.sleep(1.0)
-            line()
-    finally:
-        line()
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        return f"boxd demo: cannot read the daemon's log {path}: {exc.strerror}"
+    return "\n".join([f"boxd demo: the last {len(tail)} lines of the daemon's log:", *tail])
+
+
+@dataclass
+class DaemonTask:
+    """The daemon running as a task: its scope (cancelled to stop it) and how it ended."""
+
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+    exit_code: int | None = None
+    error: Exception | None = None
+
+    async def serve(self, settings: Settings) -> None:
+        """Run :func:`boxd.daemon.run` until it returns (SIGINT/SIGTERM), fails, or is cancelled."""
+        from boxd import daemon  # imported late: see logs_to
+
+        try:
+            with self.scope:
+                self.exit_code = await daemon.run(settings)
+        except Exception as exc:  # reported by the demo, which stops waiting for the job
+            self.error = exc
+        finally:
+            self.stopped.set()
+
+    def why_stopped(self) -> str:
+        if self.error is not None:
+            return f"the daemon failed: {'; '.join(str(e) or type(e).__name__ for e in _leaves(self.error))}"
+        if self.exit_code is not None:
+            return f"the daemon stopped (exit status {self.exit_code})"
+        return "the daemon was stopped"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups; the daemon's task group raises those."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+async def wait_ready(client: ControlClient) -> None:
+    """Until the daemon answers on its control socket (the caller bounds the wait)."""
+    while True:
+        try:
+            await client.status()
+            return
+        except DaemonUnreachableError:
+            await anyio.sleep(0.05)
+
+
+@dataclass
+class Upload:
+    """How the enqueued job went, as the control API reported it."""
+
+    job: dict[str, Any] | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+async def upload_through_daemon(files: DaemonFiles, source: Path, tty: bool) -> Upload:
+    """Enqueue ``source`` into :data:`DESTINATION` and follow the job to its end, as
+    ``boxd enqueue --wait`` does (same progress views)."""
+    result = Upload()
+    body = {"source": str(source), "destination": "/".join(DESTINATION)}
+    try:
+        async with ControlClient(files.socket) as client:
+            with anyio.fail_after(READY_TIMEOUT):
+                await wait_ready(client)
+            print(
+                f"boxd demo: daemon ready: control socket {files.socket}, health and metrics on http://{files.listen}",
+                flush=True,
+            )
+            job, created = await client.enqueue(body)
+            print(enqueued_text(job, created), flush=True)
+            started = time.monotonic()
+            view: ProgressView = (
+                RichView(str(job["id"])) if tty else PlainView(sys.stdout, interval=PLAIN_PROGRESS_INTERVAL)
+            )
+            try:
+                job = await wait_for(client, job, view)
+            finally:
+                view.close()
+                result.seconds = time.monotonic() - started
+            result.job = job
+            print(final_line(job, result.seconds), flush=True)
+    except TimeoutError:
+        result.error = f"the daemon did not answer on {files.socket} within {READY_TIMEOUT:.0f} s"
+    except BoxdError as exc:  # the control API refused the job, or the daemon went away
+        result.error = str(exc)
+    return result
 
 
 @dataclass
@@ -647,82 +412,146 @@ async def _admin(http: aiohttp.ClientSession, base: str, method: str, path: str,
         return await resp.json()
 
 
-async def run_demo(data_dir: Path | None, keep: bool) -> int:
+async def follow_job(daemon: DaemonTask, files: DaemonFiles, source: Path, tty: bool) -> Upload | None:
+    """:func:`upload_through_daemon`, given up (None) if the daemon stops first: Ctrl-C, which
+    the daemon takes as it takes SIGINT under ``boxd serve``, or a failure."""
+    outcome: list[Upload] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await daemon.stopped.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        outcome.append(await upload_through_daemon(files, source, tty))
+        tg.cancel_scope.cancel()
+    return outcome[0] if outcome else None
+
+
+def report(upload: Upload, stats: Mapping[str, Any], checked: Verification, files_total: int) -> bool:
+    """Print the summary; True if the job succeeded and every file verified."""
+    job = upload.job or {}
+    done, moved = int(job.get("files_done", 0)), int(job.get("bytes_done", 0))
+    seconds = max(upload.seconds, 1e-9)
+    print(
+        f"boxd demo: uploaded {done}/{files_total} files, {moved / MIB:.1f} MiB in {upload.seconds:.1f} s "
+        f"({moved / MIB / seconds:.1f} MiB/s)"
+    )
+    print(f"  429s honoured: {stats['rate_limited']}; token refreshes: {stats['token_grants']['refresh_token']}")
+    if upload.error is not None:
+        print(f"  error: {upload.error}")
+    for problem in checked.problems:
+        print(f"  {problem}")
+    ok = job.get("state") == "succeeded" and not checked.problems and checked.checked == files_total
+    if ok:
+        print(f"  verified: all {checked.checked} files match their SHA-1 on the emulator")
+    else:
+        print(f"  verification FAILED: {len(checked.problems)} problem(s) in {checked.checked} files")
+    sys.stdout.flush()
+    return ok
+
+
+def keep_text(base: str, sim_dir: Path, files: DaemonFiles, source: Path, job: Mapping[str, Any] | None) -> str:
+    sock = files.socket
+    lines = [
+        f"boxd demo: the emulator keeps running at {base} (data in {sim_dir}) and the daemon on {sock}; try:",
+        f"  boxd jobs --socket {sock}",
+        *([f"  boxd show {job['id']} --socket {sock}"] if job else []),
+        f"  boxd status --socket {sock}",
+        f"  boxd enqueue {source} --to {'/'.join(DESTINATION)} --wait --socket {sock}  # all skipped: on Box already",
+        f"  curl -s http://{files.listen}/metrics",
+        f"The daemon logs to {files.log}. Ctrl-C stops both (and removes the temp dir).",
+    ]
+    return "\n".join(lines)
+
+
+async def run_demo(
+    data_dir: Path | None = None,
+    keep: bool = False,
+    *,
+    packs: int = PACKS,
+    archive_size: int = ARCHIVE_SIZE,
+    faults: Mapping[str, float] | None = None,
+) -> int:
+    """The demo; its exit status (0 only if every file verified, 130 if interrupted).
+
+    ``packs``, ``archive_size`` and ``faults`` (emulator knobs for the run, e.g. ``rate_429``;
+    ``DELETE /_sim/faults`` lifts them before the verification) are for tests.
+    """
     tty = sys.stdout.isatty()
-    with tempfile.TemporaryDirectory(prefix="boxd-demo-") as tmp:
-        sim_dir = data_dir if data_dir is not None else Path(tmp) / "sim"
-        sample = Path(tmp) / "sample"
+    with (
+        tempfile.TemporaryDirectory(prefix="boxd-demo-") as tmp_name,
+        tempfile.TemporaryDirectory(prefix="bxd", dir="/tmp") as socket_dir,  # short: AF_UNIX
+    ):
+        tmp = Path(await anyio.Path(tmp_name).resolve())  # the daemon resolves links
+        sim_dir = data_dir if data_dir is not None else tmp / "sim"
+        sample = tmp / "sample"
         started = time.monotonic()
-        await anyio.to_thread.run_sync(generate_sample, sample)
-        files = scan(sample)
-        tally = Tally(len(files), sum(f.size for f in files))
+        await anyio.to_thread.run_sync(lambda: generate_sample(sample, packs=packs, archive_size=archive_size))
+        local = scan(sample)
         print(
-            f"boxd demo: generated a sample backup: {tally.files_total} files, {tally.bytes_total / MIB:.1f} MiB "
-            f"(a restic repository and a {ARCHIVE_SIZE / MIB:.0f} MiB archive) in {time.monotonic() - started:.1f} s",
+            f"boxd demo: generated a sample backup: {len(local)} files, {sum(f.size for f in local) / MIB:.1f} MiB "
+            f"(a restic repository and a {archive_size / MIB:.0f} MiB archive) in {time.monotonic() - started:.1f} s",
             flush=True,
         )
         knobs = Knobs(
             api_calls_per_minute=API_CALLS_PER_MINUTE, uploads_per_minute=UPLOADS_PER_MINUTE, rate_burst=RATE_BURST
         )
         options = SimOptions(host="127.0.0.1", port=0, data_dir=sim_dir)
-        async with running(options, knobs) as (_, base), aiohttp.ClientSession() as admin:
-            credentials = json.loads((sim_dir / "credentials.json").read_text())
-            print(
-                f"boxd demo: Box emulator at {base}: {API_CALLS_PER_MINUTE} API calls and "
-                f"{UPLOADS_PER_MINUTE} uploads a minute (burst {RATE_BURST}), "
-                f"access tokens live {DEMO_TOKEN_TTL} s",
-                flush=True,
-            )
-            # Shorten the token lifetime for this run, then authorise as `rclone authorize` would.
-            await _admin(admin, base, "POST", "/_sim/faults", {"token_ttl": DEMO_TOKEN_TTL})
-            token = await _admin(admin, base, "POST", "/_sim/tokens")
-            dest_shown = "/".join(DESTINATION)
-            print(f"boxd demo: uploading to {dest_shown}/ (interim uploader)", flush=True)
-            started = time.monotonic()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(show_progress, tally, tty)
-                result = await upload(files, DESTINATION, credentials, token, tally)
-                tg.cancel_scope.cancel()
-            elapsed = time.monotonic() - started
-            await _admin(admin, base, "DELETE", "/_sim/faults")  # Box's token lifetime again
-            stats = await _admin(admin, base, "GET", "/_sim/stats")
-            state = await _admin(admin, base, "GET", "/_sim/state")
-            checked = await anyio.to_thread.run_sync(verify, sample, DESTINATION, state)
-
-            done_bytes = tally.bytes_done
-            print(
-                f"boxd demo: uploaded {result.uploaded}/{tally.files_total} files, {done_bytes / MIB:.1f} MiB "
-                f"in {elapsed:.1f} s ({done_bytes / MIB / max(elapsed, 1e-9):.1f} MiB/s)"
-            )
-            print(
-                f"  429s honoured: {stats['rate_limited']} (emulator) / {result.rate_limited} (uploader); "
-                f"token refreshes: {stats['token_grants']['refresh_token']}"
-            )
-            for error in result.errors:
-                print(f"  error: {error}")
-            for problem in checked.problems:
-                print(f"  {problem}")
-            ok = not result.errors and not checked.problems and checked.checked == tally.files_total
-            if ok:
-                print(f"  verified: all {checked.checked} files match their SHA-1 on the emulator")
-            else:
-                print(f"  verification FAILED: {len(checked.problems)} of {checked.checked} files")
-            sys.stdout.flush()
-            if keep:
+        with logs_to(tmp / "daemon.log"):
+            async with running(options, knobs) as (_, base), aiohttp.ClientSession() as admin:
                 print(
-                    f"boxd demo: the emulator keeps running at {base} (uploads under {dest_shown}/); "
-                    f"credentials in {sim_dir / 'credentials.json'}. Ctrl-C stops it.",
+                    f"boxd demo: Box emulator at {base}: {API_CALLS_PER_MINUTE} API calls and "
+                    f"{UPLOADS_PER_MINUTE} uploads a minute (burst {RATE_BURST}), "
+                    f"access tokens live {DEMO_TOKEN_TTL} s",
                     flush=True,
                 )
-                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        break
-        return 0 if ok else 1
+                # Shorten the token lifetime for this run, then authorise as `rclone authorize` would.
+                await _admin(admin, base, "POST", "/_sim/faults", {"token_ttl": DEMO_TOKEN_TTL, **(faults or {})})
+                token = await _admin(admin, base, "POST", "/_sim/tokens")
+                files, settings = await anyio.to_thread.run_sync(
+                    _configure, tmp, Path(socket_dir), sim_dir / "credentials.json", token, sample
+                )
+                daemon = DaemonTask()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(daemon.serve, settings)
+                    upload = await follow_job(daemon, files, sample, tty)
+                    if upload is None:
+                        interrupted = daemon.error is None  # Ctrl-C or SIGTERM, which the daemon took
+                        why = "interrupted" if interrupted else daemon.why_stopped()
+                        print(f"boxd demo: {why}; the daemon stopped before the job ended", flush=True)
+                        code = EXIT_INTERRUPTED if interrupted else 1
+                    else:
+                        await _admin(admin, base, "DELETE", "/_sim/faults")  # Box's token lifetime again
+                        stats = await _admin(admin, base, "GET", "/_sim/stats")
+                        state = await _admin(admin, base, "GET", "/_sim/state")
+                        checked = await anyio.to_thread.run_sync(verify, sample, DESTINATION, state)
+                        code = 0 if report(upload, stats, checked, len(local)) else 1
+                        if keep:
+                            print(keep_text(base, sim_dir, files, sample, upload.job), flush=True)
+                            await daemon.stopped.wait()  # Ctrl-C: the daemon drains and stops
+                            print(f"boxd demo: {daemon.why_stopped()}", flush=True)
+                    daemon.scope.cancel()
+            if daemon.error is not None:
+                code = 1
+            if code == 1:  # the temp dir goes away with the log: show its end
+                print(await anyio.to_thread.run_sync(log_tail, files.log), file=sys.stderr)
+        return code
+
+
+def _configure(
+    root: Path, socket_dir: Path, credentials_file: Path, token: Mapping[str, Any], source: Path
+) -> tuple[DaemonFiles, Settings]:
+    """Write the daemon's configuration and load it as ``boxd serve --config`` would. Blocking."""
+    from boxd.settings import load_settings
+
+    files = write_config(root, socket_dir, json.loads(credentials_file.read_text()), token, source)
+    return files, load_settings(files.config)
 
 
 DESCRIPTION = (
-    "Start the Box emulator with Box's rate limits, generate a sample backup, upload it "
-    "with live progress and verify every file by SHA-1."
+    "Start the Box emulator with Box's rate limits and boxd's daemon, generate a sample backup, "
+    "upload it through the daemon with live progress and verify every file by SHA-1."
 )
 
 
@@ -731,7 +560,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, help="the emulator's data directory [a temporary directory, removed afterwards]"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the emulator running after the summary, until Ctrl-C")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the emulator and the daemon running after the summary, until Ctrl-C"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -740,4 +571,4 @@ def run(args: argparse.Namespace) -> int:
         return anyio.run(run_demo, args.data_dir, args.keep)
     except KeyboardInterrupt:
         print("boxd demo: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
