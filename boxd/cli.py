@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from boxd import __version__, client
-from boxd.errors import BoxdError, ConfigError
+from boxd.errors import BoxdError, ConfigError, unwrap
 from boxd.jobs.models import PRIORITY_MAX, PRIORITY_MIN, JobState, Mode, OnConflict
 from boxd.settings import Settings, load_settings
 from boxd.units import parse_duration, parse_size
@@ -155,8 +155,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     logs.configure()
     try:
         return anyio.run(daemon.run, settings)
-    except ConfigError as exc:
-        print(f"boxd: {exc}", file=sys.stderr)
+    except (ConfigError, BaseExceptionGroup) as exc:
+        # A bad setting can surface inside the daemon's task group.
+        error = unwrap(exc) if isinstance(exc, BaseExceptionGroup) else exc
+        if not isinstance(error, ConfigError):
+            raise
+        print(f"boxd: {error}", file=sys.stderr)
         return 2
 
 

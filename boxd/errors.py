@@ -132,3 +132,27 @@ class LimitExceededError(PermanentError):
 
 class ProtocolError(BoxdError):
     """Box answered in a way boxd does not understand."""
+
+
+def unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a caller should see from a task group that failed.
+
+    Sibling tasks (parts of one upload, files of one job) can fail together; what matters is
+    the most serious boxd error among them: a lost authorisation, then a permanent failure,
+    then a transient one. Anything else (a bug, cancellation) is returned as the group itself.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    for kind in (AuthNeedsHumanError, PermanentError, TransientError, BoxdError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0] if len(leaves) == 1 else group

@@ -37,6 +37,9 @@ from boxd.settings import BoxSettings
 #: Fields asked for in listings: what comparing by name, size and SHA-1 needs (rclone asks the same).
 LIST_FIELDS = "type,id,sequence_id,etag,sha1,name,size,owned_by,item_status"
 
+#: 429 answers one request may get before it gives up (each one pauses every request first).
+MAX_RATE_LIMITED = 30
+
 Body = Callable[[], Any]  # builds a fresh request body for each attempt (bytes, BytesIO, FormData)
 
 
@@ -106,7 +109,7 @@ class BoxClient:
         the backoff's attempts), :class:`PermanentError` subclasses, or
         :class:`AuthNeedsHumanError`.
         """
-        attempt = 0
+        attempt = limited = 0
         refreshed = False
         while True:
             await self.pacer.acquire(kind)
@@ -138,10 +141,14 @@ class BoxClient:
                 await self.tokens.invalidate(token)
                 continue
             if isinstance(decision, Retry):
-                attempt += 1
                 if decision.reason == "rate_limited":
+                    # A 429 is flow control, not a failure: it pauses everyone and does not use up
+                    # the request's attempts, up to a generous cap against a server that never relents.
+                    limited += 1
                     self.pacer.pause(decision.after if decision.after is not None else 1.0)
-                if not self.backoff.should_give_up(attempt):
+                else:
+                    attempt += 1
+                if not self.backoff.should_give_up(attempt) and limited <= MAX_RATE_LIMITED:
                     self.stats.retry(decision.reason)
                     # After a 429 the pacer holds every caller for Retry-After; no extra wait here.
                     if decision.reason != "rate_limited":

@@ -75,6 +75,14 @@ class Budget:
         """Seconds from ``now`` until one request may pass (0 if it may pass now)."""
         return max(0.0, self._tat - self._tolerance - now)
 
+    def drain(self, at: float) -> None:
+        """Spend the burst: from ``at`` on, requests pass one ``interval`` apart, none at once.
+
+        After a 429 pause the waiting callers would otherwise all leave together and meet Box's
+        limit again (a strict server has no burst at all).
+        """
+        self._tat = max(self._tat, at + self._tolerance)
+
     def take(self, now: float) -> None:
         """Spend one request at ``now``; the caller checked :meth:`delay` first."""
         self._tat = max(self._tat, now) + self.interval
@@ -142,6 +150,8 @@ class Pacer:
         if self._stats is not None:
             self._stats.rate_limit_hit()
         self._paused_until = max(self._paused_until, self._clock() + min(seconds, MAX_RETRY_AFTER))
+        for budget in (self.api, self.uploads):
+            budget.drain(self._paused_until)
 
     async def acquire(self, kind: Kind) -> None:
         """Wait until a request of ``kind`` (``"api"`` or ``"upload"``) may be sent, and spend it."""

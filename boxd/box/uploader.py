@@ -34,6 +34,7 @@ from boxd.errors import (
     PermanentError,
     ProtocolError,
     TransientError,
+    unwrap,
 )
 
 OnConflict = Literal["version", "skip", "fail"]
@@ -298,7 +299,10 @@ class _ChunkedRun:
                     break
                 if self.m.state is sm.SessionState.UPLOADING:
                     await self._save()
-                    await self._transfer()
+                    try:
+                        await self._transfer()
+                    except BaseExceptionGroup as group:  # parts failed together: report the one that matters
+                        raise unwrap(group) from None
                 actions, self.followups = self.followups, []
                 if not actions and not self.m.finished:
                     raise ProtocolError(f"upload of {self.name} stalled in state {self.m.state}")

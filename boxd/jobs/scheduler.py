@@ -146,15 +146,24 @@ class Scheduler:
         except Exception as exc:  # a bug must fail this job, not the daemon
             bound.exception("job_crashed")
             with anyio.CancelScope(shield=True):
-                current = await self.store.get_job(job.id)
-                if current is not None and current.state is JobState.RUNNING:
-                    await self.store.finish_job(
-                        job.id, self._clock(), error=ErrorInfo("internal_error", f"{type(exc).__name__}: {exc}")
-                    )
+                await self._settle_crashed(job, exc)
         finally:
             self._running.pop(job.id, None)
             self._user_cancelled.discard(job.id)
             self.wake()
+
+    async def _settle_crashed(self, job: Job, exc: Exception) -> None:
+        """Fail a job whose runner crashed; if its files cannot be settled now, requeue it."""
+        error = ErrorInfo("internal_error", f"{type(exc).__name__}: {exc}")
+        try:
+            current = await self.store.get_job(job.id)
+            if current is not None and current.state is JobState.RUNNING:
+                await self.store.finish_job(job.id, self._clock(), error=error)
+        except Exception:
+            try:  # files still marked running: back to the queue (recover() would do the same)
+                await self.store.requeue_job(job.id)
+            except Exception:
+                log.exception("job_settle_failed", job_id=job.id)
 
     # -- shutdown ------------------------------------------------------------------------------
 

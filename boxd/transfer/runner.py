@@ -238,6 +238,13 @@ class JobRunner:
             await self.store.finish_file(task.id, FileState.FAILED, error=error_info(exc))
             self.stats.file_finished("failed")
             return
+        except Exception as exc:  # a bug fails this file, not the job or the daemon
+            bound.exception("file_crashed")
+            await self.store.finish_file(
+                task.id, FileState.FAILED, error=ErrorInfo("internal_error", f"{type(exc).__name__}: {exc}")
+            )
+            self.stats.file_finished("failed")
+            return
         state = FileState.DONE if item is not None else FileState.SKIPPED
         await self.store.finish_file(task.id, state, box_file_id=item.id if item else None, bytes_done=task.size)
         self.stats.file_finished("uploaded" if item is not None else "skipped")
