@@ -253,10 +253,19 @@ class JobRunner:
     async def _upload(self, job: Job, task: FileTask, dest_id: str) -> Item | None:
         source = Path(job.request.source)
 
-        def locate() -> LocalFile:  # a single-file source is the file itself
-            return LocalFile.stat(source if source.is_file() else source / task.rel_path)
+        def locate() -> LocalFile:  # a single-file source is the file itself; paths as the scan saw them
+            base = source.resolve()
+            return LocalFile.stat(base if base.is_file() else base / task.rel_path)
 
         local = await anyio.to_thread.run_sync(locate)
+        uploaded = await self._put(job, task, dest_id, local)
+        if uploaded is not None and uploaded.sha1:
+            # Box confirmed this content (Content-MD5 / commit digest): the next plan of an unchanged
+            # file compares by this cached SHA-1 and reads nothing.
+            await self.store.remember_sha1(str(local.path), local.size, local.mtime_ns, local.inode, uploaded.sha1)
+        return uploaded
+
+    async def _put(self, job: Job, task: FileTask, dest_id: str, local: LocalFile) -> Item | None:
         *dirs, name = task.rel_path.split("/")
         parent = await self.box.folders.resolve(dirs, parent_id=dest_id) if dirs else dest_id
         existing = Item(type="file", id=task.remote_id, name=name) if task.remote_id else None

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,11 @@ def test_enqueue_wait_uploads_everything_and_a_second_copy_uploads_nothing(tmp_p
         first = daemon.boxd("enqueue", str(repo), "--to", "Backups/host1", "--wait")
         assert first.returncode == 0, first.stdout + first.stderr + daemon.log()
         assert remote(sim, "Backups/host1") == sums
+        # Every uploaded file's SHA-1 (as Box confirmed it) is cached by path, size, mtime and
+        # inode, so planning the next run of the unchanged tree reads no file content.
+        with sqlite3.connect(daemon.state_dir / "queue.db") as db:
+            cached = dict(db.execute("SELECT path, sha1 FROM sha1_cache").fetchall())
+        assert {p.removeprefix(str(repo.resolve()) + "/"): h for p, h in cached.items()} == sums
         uploads = sim.stats()["requests"].get("POST /api/2.0/files/content", {})
         again = daemon.boxd("enqueue", str(repo), "--to", "Backups/host1", "--wait")
         assert again.returncode == 0, again.stderr
