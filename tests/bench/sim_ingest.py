@@ -55,7 +55,7 @@ CLIENT_TIMEOUT = 300.0
 # --------------------------------------------------------------------------- client process
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` (all threads) from ``/proc/PID/stat``."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
@@ -150,13 +150,13 @@ async def run_client(upload_url: str, token: str, size: int, inflight: int, serv
                 async with http.put(endpoints["upload_part"], data=view[:length], headers=headers) as resp:
                     parts[i] = (await _check(resp, 200, f"part {i}"))["part"]
 
-        server_cpu0 = _cpu_seconds(server_pid) if server_pid else 0.0
+        server_cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
         client_cpu0 = time.process_time()
         t = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(min(inflight, plan.parts))))
         part_s = time.perf_counter() - t
         client_cpu = time.process_time() - client_cpu0
-        server_cpu = _cpu_seconds(server_pid) - server_cpu0 if server_pid else None
+        server_cpu = cpu_seconds(server_pid) - server_cpu0 if server_pid else None
 
         t = time.perf_counter()
         async with http.post(
