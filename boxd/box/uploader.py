@@ -400,18 +400,18 @@ class _ChunkedRun:
         reservation = await self.up.budget.take(length)
         started = False
         try:
-            data = await anyio.to_thread.run_sync(_read_part, fh, offset, length, digest)
+            data, sha1 = await anyio.to_thread.run_sync(_read_part, fh, offset, length, digest)
             if len(data) != length:
                 self._handle(sm.LocalFileChanged(f"it is shorter than expected (short read at offset {offset})"))
                 return False
-            self._handle(sm.LocalPartHashed(index, hashlib.sha1(data).hexdigest()))
+            self._handle(sm.LocalPartHashed(index, sha1))
             if self.m.finished:
                 return False
             if needed:
                 [part] = self.m.next_parts(len(self.m.in_flight) + 1)
                 if part.index != index:
                     raise sm.SessionMisuseError(f"expected part {index} next, the machine gave {part.index}")
-                tg.start_soon(self._put, part, data, reservation)
+                tg.start_soon(self._put, part, data, sha1, reservation)
                 started = True
             return True
         finally:
@@ -420,8 +420,8 @@ class _ChunkedRun:
                 if needed:
                     self.slots.release()
 
-    async def _put(self, part: sm.UploadPart, data: bytes, reservation: Reservation) -> None:
-        sha1 = hashlib.sha1(data).hexdigest()
+    async def _put(self, part: sm.UploadPart, data: bytes, sha1: str, reservation: Reservation) -> None:
+        """PUT one part whose SHA-1 the reader computed (off the loop, in the same pass)."""
         stats = self.client.stats
         stats.part_started(part.length)
         uploaded = False
@@ -492,11 +492,11 @@ class _ChunkedRun:
         await self._perform(self.m.handle(sm.CommitDone(self.result.id)))
 
 
-def _read_part(fh: IO[bytes], offset: int, length: int, digest: hashlib._Hash) -> bytes:
-    """Read one part at ``offset`` and feed it to the running whole-file hash (worker thread)."""
+def _read_part(fh: IO[bytes], offset: int, length: int, digest: hashlib._Hash) -> tuple[bytes, str]:
+    """Read one part at ``offset``; return it with its SHA-1, and feed the whole-file hash (worker thread)."""
     data = os.pread(fh.fileno(), length, offset)
     digest.update(data)
-    return data
+    return data, hashlib.sha1(data).hexdigest()
 
 
 def _epoch(text: str, default: float) -> float:

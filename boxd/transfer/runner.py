@@ -186,25 +186,42 @@ class JobRunner:
     # -- running files -----------------------------------------------------------------------
 
     async def _run_files(self, job: Job, dest_id: str, folders: dict[str, Item]) -> None:
+        """Run every pending file, ``daemon.transfers`` at a time, until none is left.
+
+        Files are handed to the shared limiter as slots free up (no batch barrier: a large file
+        does not hold back the small ones queued behind it); a file put back to pending by a
+        transient failure is picked up again on the next look.
+        """
         auth_lost = False
+        scheduled: set[int] = set()  # handed to the limiter, not yet finished
+        finished = anyio.Event()
 
         async def one(task: FileTask) -> None:
             nonlocal auth_lost
-            async with self.transfers:
-                if auth_lost:
-                    return
-                try:
-                    await self._run_file(job, task, dest_id)
-                except AuthNeedsHumanError:
-                    auth_lost = True
+            try:
+                async with self.transfers:
+                    if auth_lost:
+                        return
+                    try:
+                        await self._run_file(job, task, dest_id)
+                    except AuthNeedsHumanError:
+                        auth_lost = True
+            finally:
+                scheduled.discard(task.id)
+                finished.set()
 
-        while not auth_lost:
-            batch = await self.store.pending_files(job.id, limit=max(1, self.settings.daemon.transfers * 2))
-            if not batch:
-                break
-            async with anyio.create_task_group() as tg:
-                for task in batch:
+        lookahead = max(1, self.settings.daemon.transfers * 2)
+        async with anyio.create_task_group() as tg:
+            while not auth_lost:
+                pending = await self.store.pending_files(job.id, limit=lookahead + len(scheduled))
+                fresh = [t for t in pending if t.id not in scheduled][: max(0, lookahead - len(scheduled))]
+                if not fresh and not scheduled:
+                    break
+                for task in fresh:
+                    scheduled.add(task.id)
                     tg.start_soon(one, task)
+                await finished.wait()  # look again once any file ended
+                finished = anyio.Event()
         if auth_lost:
             await self.store.requeue_job(job.id, reason="auth_needs_reauthorization")
             raise AuthLostError
