@@ -55,18 +55,9 @@ import anyio
 import structlog
 
 from boxd import logs
-from boxd.client import (
-    EXIT_INTERRUPTED,
-    ControlClient,
-    DaemonUnreachableError,
-    PlainView,
-    ProgressView,
-    RichView,
-    enqueued_text,
-    final_line,
-    wait_for,
-)
+from boxd.client import EXIT_INTERRUPTED, ControlClient, DaemonUnreachableError, wait_for
 from boxd.errors import BoxdError
+from boxd.render import PlainView, ProgressView, RichView, enqueued_text, final_line
 from boxd.sim.config import Knobs
 from boxd.sim.server import SimOptions, running
 

@@ -13,7 +13,9 @@ import pytest
 
 from boxd import client
 from boxd.cli import build_parser
-from boxd.client import (
+from boxd.client import request_body, socket_path
+from boxd.errors import ConfigError
+from boxd.render import (
     PlainView,
     RateMeter,
     RichView,
@@ -26,11 +28,8 @@ from boxd.client import (
     job_text,
     jobs_text,
     progress_line,
-    request_body,
-    socket_path,
     status_text,
 )
-from boxd.errors import ConfigError
 
 MIB = 1024 * 1024
 
