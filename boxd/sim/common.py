@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from boxd.sim.errors import BoxApiError, param_error
-from boxd.sim.model import User
+from boxd.sim.model import File, User
 from boxd.sim.state import STATE, SimState
 from boxd.sim.views import parse_fields
 
@@ -59,6 +59,13 @@ def query_int(request: web.Request, name: str, default: int, *, low: int, high: 
             400, code, "invalid_parameter", name, f"Invalid value '{raw}'. '{name}' must be between {low} and {high}"
         )
     return value
+
+
+def check_if_match(request: web.Request, f: File) -> None:
+    """412 ``precondition_failed`` when an ``If-Match`` etag no longer names ``f``'s version."""
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and if_match != str(f.etag):
+        raise BoxApiError(412, "precondition_failed")
 
 
 def base_url(request: web.Request) -> str:

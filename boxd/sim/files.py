@@ -15,9 +15,9 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from boxd.sim.common import base_url, fields, json_object, reply, sim, user
+from boxd.sim.common import base_url, check_if_match, fields, json_object, reply, sim, user
 from boxd.sim.errors import BoxApiError, invalid, missing
-from boxd.sim.model import File, Folder, User, Version, check_name
+from boxd.sim.model import Folder, User, Version, check_name
 from boxd.sim.state import SimState
 from boxd.sim.streams import receive
 
@@ -131,10 +131,8 @@ async def upload_file(request: web.Request) -> web.Response:
 async def upload_version(request: web.Request) -> web.Response:
     state = sim(request)
     u = user(request)
-    f = existing_file(state, u, request.match_info["file_id"])
-    if_match = request.headers.get("If-Match")
-    if if_match is not None and if_match != str(f.etag):
-        raise BoxApiError(412, "precondition_failed")
+    f = state.account.file(u, request.match_info["file_id"])
+    check_if_match(request, f)
     attrs, file_part = await _multipart(request)
     new_name = attrs.get("name")
     if new_name is not None:
@@ -157,8 +155,7 @@ def preflight_checks(state: SimState, u: User, folder: Folder, name: object, siz
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise invalid("size", size)
         check_quota(state, u, size)
-    if (existing := state.account.conflict(folder, checked)) is not None:
-        raise state.account.name_in_use(existing)
+    state.account.check_free(folder, checked)
     return checked
 
 
@@ -175,9 +172,3 @@ async def preflight(request: web.Request) -> web.Response:
     return reply(
         {"upload_url": f"{base_url(request)}/api/2.0/files/content", "upload_token": secrets.token_urlsafe(32)}
     )
-
-
-def existing_file(state: SimState, u: User, file_id: str) -> File:
-    if not file_id.isdigit():
-        raise BoxApiError(404, "not_found", "Not Found")
-    return state.account.file(u, file_id)

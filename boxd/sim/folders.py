@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from boxd.sim.common import base_url, fields, json_object, query_int, reply, sim, user
+from boxd.sim.common import base_url, check_if_match, fields, json_object, query_int, reply, sim, user
 from boxd.sim.errors import BoxApiError, missing
 from boxd.sim.model import File, Folder, rfc3339
 from boxd.sim.streams import send_file
@@ -23,13 +23,6 @@ def _folder_id(request: web.Request) -> str:
         # Box answers a malformed folder id with 405 (spec paths./folders/{folder_id}.get).
         raise BoxApiError(405, "method_not_allowed", "Method Not Allowed")
     return folder_id
-
-
-def _file_id(request: web.Request) -> str:
-    file_id = request.match_info["file_id"]
-    if not file_id.isdigit():
-        raise BoxApiError(404, "not_found", "Not Found")
-    return file_id
 
 
 def _sorted(items: list[Folder | File], sort: str | None, direction: str) -> list[Folder | File]:
@@ -111,24 +104,22 @@ async def create_folder(request: web.Request) -> web.Response:
 
 async def get_file(request: web.Request) -> web.Response:
     state = sim(request)
-    f = state.account.file(user(request), _file_id(request))
+    f = state.account.file(user(request), request.match_info["file_id"])
     return reply(state.views.file(f, fields=fields(request)))
 
 
 async def delete_file(request: web.Request) -> web.Response:
     """Move a file to the trash (``DELETE /files/{id}``), honouring ``If-Match``."""
     state = sim(request)
-    f = state.account.file(user(request), _file_id(request))
-    if_match = request.headers.get("If-Match")
-    if if_match is not None and if_match != str(f.etag):
-        raise BoxApiError(412, "precondition_failed")
+    f = state.account.file(user(request), request.match_info["file_id"])
+    check_if_match(request, f)
     state.account.trash_file(f)
     return web.Response(status=204)
 
 
 async def download(request: web.Request) -> web.StreamResponse:
     state = sim(request)
-    f = state.account.file(user(request), _file_id(request))
+    f = state.account.file(user(request), request.match_info["file_id"])
     version = f.current
     if (vid := request.query.get("version")) is not None:
         matches = [v for v in f.versions if v.id == vid]

@@ -207,10 +207,14 @@ class Account:
     def conflict(self, parent: Folder, name: str) -> tuple[str, str] | None:
         return parent.children.get(name.lower())
 
-    def create_folder(self, user: User, parent: Folder, name: str) -> Folder:
-        check_name(name)
+    def check_free(self, parent: Folder, name: str) -> None:
+        """409 ``item_name_in_use`` if ``parent`` holds an item of that name (case-insensitively)."""
         if (existing := self.conflict(parent, name)) is not None:
             raise self.name_in_use(existing)
+
+    def create_folder(self, user: User, parent: Folder, name: str) -> Folder:
+        check_name(name)
+        self.check_free(parent, name)
         now = time.time()
         folder = Folder(
             id=self.next_id(), name=name, parent_id=parent.id, owner_id=user.id, created_at=now, modified_at=now
@@ -258,8 +262,7 @@ class Account:
     # -- files -----------------------------------------------------------------------------
 
     def add_file(self, user: User, parent: Folder, name: str, version: Version) -> File:
-        if (existing := self.conflict(parent, name)) is not None:
-            raise self.name_in_use(existing)
+        self.check_free(parent, name)
         f = File(
             id=self.next_id(),
             name=name,

@@ -19,10 +19,10 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from boxd.sim.common import base_url, fields, json_object, query_int, reply, sim, user
+from boxd.sim.common import base_url, check_if_match, fields, json_object, query_int, reply, sim, user
 from boxd.sim.config import SESSION_MIN_SIZE
 from boxd.sim.errors import BoxApiError, missing
-from boxd.sim.files import check_quota, existing_file, parse_time
+from boxd.sim.files import check_quota, parse_time
 from boxd.sim.model import Part, Session, Version, check_name, rfc3339
 from boxd.sim.state import SimState
 from boxd.sim.streams import concatenate, receive
@@ -102,15 +102,14 @@ async def create_session(request: web.Request) -> web.Response:
     name = check_name(body["file_name"], "file_name")
     folder = state.account.folder(u, body["folder_id"], param="folder_id", code="invalid_parameter")
     check_quota(state, u, size)
-    if (existing := state.account.conflict(folder, name)) is not None:
-        raise state.account.name_in_use(existing)
+    state.account.check_free(folder, name)
     return _open_session(state, request, folder.id, None, name, size)
 
 
 async def create_version_session(request: web.Request) -> web.Response:
     state = sim(request)
     u = user(request)
-    f = existing_file(state, u, request.match_info["file_id"])
+    f = state.account.file(u, request.match_info["file_id"])
     body = await json_object(request)
     size = _file_size(body)
     name = check_name(body["file_name"], "file_name") if body.get("file_name") is not None else f.name
@@ -284,9 +283,7 @@ async def commit(request: web.Request) -> web.Response:
         raise BoxApiError(400, "bad_request", "'attributes' must be an object")
     target = state.account.files.get(s.file_id) if s.file_id else None
     if target is not None:
-        if_match = request.headers.get("If-Match")
-        if if_match is not None and if_match != str(target.etag):
-            raise BoxApiError(412, "precondition_failed")
+        check_if_match(request, target)
     vid = state.account.new_version_id()
     state.blobs.mkdir(parents=True, exist_ok=True)
     blob = state.blobs / vid

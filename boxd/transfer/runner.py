@@ -74,7 +74,7 @@ class JobRunner:
         """Plan and run a claimed (running) job to its end; raises :class:`AuthLostError` if it had to stop."""
         bound = log.bind(job_id=job.id)
         try:
-            dest_id, names = await self._plan(job)
+            dest_id = await self._plan(job)
         except AuthNeedsHumanError:
             await self.store.requeue_job(job.id, reason="auth_needs_reauthorization")
             raise AuthLostError from None
@@ -83,7 +83,7 @@ class JobRunner:
             done = await self.store.finish_job(job.id, time.time(), error=error_info(exc))
             self.stats.job_finished(done.state.value)
             return done
-        await self._run_files(job, dest_id, names)
+        await self._run_files(job, dest_id)
         done = await self.store.finish_job(job.id, time.time())
         self.stats.job_finished(done.state.value)
         bound.info("job_finished", state=done.state.value, files_failed=done.files_failed)
@@ -91,14 +91,14 @@ class JobRunner:
 
     # -- planning ----------------------------------------------------------------------------
 
-    async def _plan(self, job: Job) -> tuple[str, dict[str, Item]]:
+    async def _plan(self, job: Job) -> str:
         req = job.request
         allowed = list(self.settings.daemon.allowed_sources)
         local = await anyio.to_thread.run_sync(scan, Path(req.source), allowed)
         folders = self.box.folders
         dest_id = req.folder_id or await folders.resolve(req.destination or "/")
         wanted_dirs = {fold(d) for d in local.dirs}
-        remote, items = await self._list_tree(dest_id, "", lambda rel: req.mode == "mirror" or fold(rel) in wanted_dirs)
+        remote = await self._list_tree(dest_id, "", lambda rel: req.mode == "mirror" or fold(rel) in wanted_dirs)
         by_name = {fold(r.rel): r for r in remote}
         hashes: dict[str, str] = {}
         for entry in local.files:
@@ -155,24 +155,21 @@ class JobRunner:
             trash=len(plan.trash),
             left_out=len(local.left_out),
         )
-        return dest_id, items
+        return dest_id
 
-    async def _list_tree(
-        self, folder_id: str, prefix: str, descend: Callable[[str], bool]
-    ) -> tuple[list[RemoteFile], dict[str, Item]]:
-        """Files under ``folder_id`` (relative paths), and the folders seen by relative path."""
+    async def _list_tree(self, folder_id: str, prefix: str, descend: Callable[[str], bool]) -> list[RemoteFile]:
+        """Files under ``folder_id`` with paths relative to it, entering sub-folders ``descend`` accepts.
+
+        Listing also caches the folders' ids in :class:`Folders`, so uploads resolve them for free.
+        """
         files: list[RemoteFile] = []
-        folders: dict[str, Item] = {}
         for item in await self.box.folders.list(folder_id):
             rel = prefix + item.name
             if item.is_file:
                 files.append(RemoteFile(rel, item.id, item.size, item.sha1))
             elif item.is_folder and descend(rel):
-                folders[fold(rel)] = item
-                sub_files, sub_folders = await self._list_tree(item.id, rel + "/", descend)
-                files += sub_files
-                folders.update(sub_folders)
-        return files, folders
+                files += await self._list_tree(item.id, rel + "/", descend)
+        return files
 
     async def _sha1(self, entry: LocalEntry) -> str:
         path = str(entry.path)
@@ -185,7 +182,7 @@ class JobRunner:
 
     # -- running files -----------------------------------------------------------------------
 
-    async def _run_files(self, job: Job, dest_id: str, folders: dict[str, Item]) -> None:
+    async def _run_files(self, job: Job, dest_id: str) -> None:
         """Run every pending file, ``daemon.transfers`` at a time, until none is left.
 
         Files are handed to the shared limiter as slots free up (no batch barrier: a large file
